@@ -1,0 +1,173 @@
+"""Batch normalization with statistics kept per timestep (Cooijmans et al. 2016, §3-4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class SequenceBatchNorm(_BatchNorm):
+    """BN(x; gamma, beta) = beta + gamma * (x - E[x]) / sqrt(Var[x] + eps), statistics per timestep.
+
+    The paper's eq. 5, applied at every timestep t of a sequence with statistics of that
+    timestep (averaging them over time "severely degrades performance"), while gamma and beta
+    are shared over time. Timesteps t >= max_length use the statistics of max_length - 1.
+
+    Population statistics follow ``_BatchNorm``: ``running_mean`` and ``running_var`` (one row
+    per timestep, shape ``(max_length, C)``) are updated in training mode with ``momentum``,
+    or as a cumulative average when ``momentum is None``; ``num_batches_tracked`` counts the
+    batches seen by each row. So ``torch.optim.swa_utils.update_bn`` re-estimates them the
+    paper's way: one pass over the training set with frozen weights, per timestep.
+
+    ``shared=True`` keeps one set of statistics for all timesteps (the paper's BN-e* for the
+    input term of padded data); ``max_length`` is then 1.
+
+    Two entry points: ``forward`` normalizes a whole (T, B, C) sequence at once (one kernel
+    when nothing is padded) and updates the running statistics; ``step`` normalizes one
+    (B, C) timestep inside a recurrence, and ``update_running_stats`` folds that sequence's
+    statistics in after the loop.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        max_length: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        gamma_init: float = 0.1,
+        center: bool = True,
+        shared: bool = False,
+    ) -> None:
+        if shared:
+            max_length = 1
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        super().__init__(num_features, eps, momentum, affine=False, track_running_stats=True)
+        self.max_length = max_length
+        self.shared = shared
+        self.gamma_init = gamma_init
+        self.gamma = nn.Parameter(torch.full((num_features,), float(gamma_init)))
+        self.beta = nn.Parameter(torch.zeros(num_features)) if center else None
+        self.running_mean = torch.zeros(max_length, num_features)
+        self.running_var = torch.ones(max_length, num_features)
+        self.num_batches_tracked = torch.zeros(max_length, dtype=torch.long)
+        # Scratch rows that F.batch_norm (momentum=1.0) fills with each step's batch statistics
+        # inside its own kernel; update_running_stats folds them in after the recurrence.
+        self.register_buffer("batch_mean", torch.zeros(max_length, num_features), persistent=False)
+        self.register_buffer("batch_var", torch.zeros(max_length, num_features), persistent=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "gamma"):  # _NormBase.__init__ calls this before gamma exists
+            nn.init.constant_(self.gamma, self.gamma_init)
+            if self.beta is not None:
+                nn.init.zeros_(self.beta)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, max_length={self.max_length}, eps={self.eps}, momentum={self.momentum}, "
+            f"center={self.beta is not None}, shared={self.shared}"
+        )
+
+    def _check_batch(self, batch: int) -> None:
+        if self.training and batch < 2:
+            raise ValueError(
+                "batch normalization in training mode needs at least 2 sequences per batch, "
+                f"got {batch}; use model.eval() for single sequences"
+            )
+
+    def forward(self, x: Tensor, batch_sizes: list[int] | None = None) -> Tensor:
+        """Normalizes a sequence x (T, B, C); ``batch_sizes[t]`` rows are valid at step t.
+
+        Rows beyond ``batch_sizes[t]`` (padding, the batch sorted by length) enter no
+        statistic; their output is unspecified.
+        """
+        steps, batch, channels = x.shape
+        self._check_batch(batch)
+        if batch_sizes is not None and min(batch_sizes) < batch:
+            return self._forward_padded(x, batch_sizes)
+        if self.shared:
+            flat = x.reshape(steps * batch, channels)
+            out = self._normalize(flat, range(1), self.gamma, self.beta)
+            return out.view(steps, batch, channels)
+        # Per-timestep statistics over the batch for all T at once: (B, T*C) channels.
+        flat = x.transpose(0, 1).reshape(batch, steps * channels)
+        gamma = self.gamma.repeat(steps)
+        beta = None if self.beta is None else self.beta.repeat(steps)
+        out = self._normalize(flat, range(steps), gamma, beta)
+        return out.view(batch, steps, channels).transpose(0, 1)
+
+    def _normalize(self, flat: Tensor, steps: range, gamma: Tensor, beta: Tensor | None) -> Tensor:
+        """F.batch_norm over the rows of ``flat``, whose columns are ``steps`` x C channels."""
+        if not self.training:
+            rows = self._rows(steps, flat.device)
+            return F.batch_norm(
+                flat, self.running_mean[rows].flatten(), self.running_var[rows].flatten(),
+                gamma, beta, False, 0.0, self.eps,
+            )
+        mean, var = flat.new_zeros(2, len(steps) * self.num_features)
+        out = F.batch_norm(flat, mean, var, gamma, beta, True, 1.0, self.eps)
+        self._accumulate(mean.view(len(steps), -1), var.view(len(steps), -1))
+        return out
+
+    def _forward_padded(self, x: Tensor, batch_sizes: list[int]) -> Tensor:
+        steps, batch, _ = x.shape
+        population = self._rows(range(1 if self.shared else steps), x.device)
+        mean = self.running_mean[population].unsqueeze(1)
+        var = self.running_var[population].unsqueeze(1)
+        if self.training:
+            counts = torch.tensor(batch_sizes, device=x.device)
+            mask = torch.arange(batch, device=x.device) < counts[:, None]
+            mask = mask.unsqueeze(-1).to(x.dtype)
+            reduce = (0, 1) if self.shared else (1,)
+            n = mask.sum(reduce, keepdim=True)
+            batch_mean = (x * mask).sum(reduce, keepdim=True) / n
+            batch_var = ((x - batch_mean).square() * mask).sum(reduce, keepdim=True) / n
+            # A step with a single valid sequence has no batch variance: population statistics.
+            enough = n > 1
+            mean = torch.where(enough, batch_mean, mean)
+            var = torch.where(enough, batch_var, var)
+            tracked = int(enough.sum())  # a prefix: batch sizes never grow
+            unbiased = batch_var * n / (n - 1).clamp(min=1)
+            self._accumulate(batch_mean[:tracked, 0].detach(), unbiased[:tracked, 0].detach())
+        out = (x - mean) * torch.rsqrt(var + self.eps) * self.gamma
+        return out if self.beta is None else out + self.beta
+
+    def step(self, x: Tensor, t: int) -> Tensor:
+        """Normalizes timestep t of a sequence, x (B, C), inside a recurrence."""
+        if self.training and len(x) > 1:
+            if t < self.max_length:
+                return F.batch_norm(
+                    x, self.batch_mean[t], self.batch_var[t], self.gamma, self.beta, True, 1.0, self.eps
+                )
+            return F.batch_norm(x, None, None, self.gamma, self.beta, True, 0.0, self.eps)
+        t = min(t, self.max_length - 1)
+        return F.batch_norm(
+            x, self.running_mean[t], self.running_var[t], self.gamma, self.beta, False, 0.0, self.eps
+        )
+
+    def update_running_stats(self, batch_sizes: list[int]) -> None:
+        """Folds in the statistics that ``step`` gathered over a sequence (training mode)."""
+        tracked = sum(1 for n in batch_sizes[: self.max_length] if n > 1)
+        self._accumulate(self.batch_mean[:tracked], self.batch_var[:tracked])
+
+    def _rows(self, steps: range, device: torch.device) -> Tensor:
+        return torch.arange(len(steps), device=device).clamp(max=self.max_length - 1)
+
+    @torch.no_grad()
+    def _accumulate(self, mean: Tensor, var: Tensor) -> None:
+        """running <- running + weight * (batch - running) for the first len(mean) timesteps."""
+        tracked = min(len(mean), self.max_length)
+        if tracked == 0:
+            return
+        mean, var = mean[:tracked], var[:tracked]
+        count = self.num_batches_tracked[:tracked]
+        count += 1
+        if self.momentum is None:  # cumulative average, as update_bn asks for
+            weight = (1.0 / count).unsqueeze(1).to(mean.dtype)
+        else:
+            weight = self.momentum
+        self.running_mean[:tracked].lerp_(mean, weight)
+        self.running_var[:tracked].lerp_(var, weight)

@@ -1,0 +1,356 @@
+"""Recurrent layers with the interface of ``torch.nn.LSTM``: LSTM, BNLSTM and LNLSTM."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cells import BNLSTMCell, LNLSTMCell, LSTMCell, State
+from .norm import SequenceBatchNorm
+
+INITS = ("orthogonal", "identity_g", "uniform")
+
+
+class Recurrent(nn.Module):
+    """A stack of LSTM-style layers with ``torch.nn.LSTM``'s constructor, shapes and names.
+
+    ``forward(input, hx=None, lengths=None) -> output, (h_n, c_n)`` with nn.LSTM's shapes;
+    ``lengths`` (valid length of each sequence, batch order) makes padded steps invisible:
+    they enter no statistic, leave the state unchanged and give zero outputs. A bidirectional
+    layer reverses only the valid part of each sequence.
+
+    Subclasses add their parameters per layer and direction in ``_add_cell`` and build the
+    cell that reads them in ``_cell``; the time loop here is the same for all of them.
+
+    Extra options: ``init`` is "orthogonal" (each gate block of W_x and W_h orthogonal,
+    forget-gate bias 1, other biases 0), "identity_g" (as orthogonal, but the g block of W_h
+    is the identity: the authors' ``--init id`` for MNIST) or "uniform" (nn.LSTM's own);
+    ``h0_noise_std`` adds Gaussian noise to the initial hidden state in training (the authors'
+    fix for the zero batch variance that the constant first pixels of seqMNIST cause);
+    ``compile`` runs the recurrent step through ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        init: str = "orthogonal",
+        h0_noise_std: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+        if h0_noise_std < 0:
+            raise ValueError(f"h0_noise_std must be >= 0, got {h0_noise_std}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.init = init
+        self.h0_noise_std = h0_noise_std
+        self.compile_step = compile
+        self._step = torch.compile(_step, dynamic=None) if compile else _step
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for suffix in self._suffixes(layer):
+                self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(4 * hidden_size, layer_input)))
+                self.register_parameter(f"weight_hh{suffix}", nn.Parameter(torch.empty(4 * hidden_size, hidden_size)))
+                for name in self.bias_names:
+                    bias_vector = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
+                    self.register_parameter(f"{name}{suffix}", bias_vector)
+                self._add_norms(suffix)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self, layer: int) -> list[str]:
+        return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
+
+    bias_names: tuple[str, ...] = ("bias",)
+
+    def _add_norms(self, suffix: str) -> None:
+        """Adds the normalization modules of one layer and direction."""
+
+    def _cell(self, suffix: str):
+        """The cell that reads the parameters of one layer and direction."""
+        return self.cell_class(*(getattr(self, f"{name}{suffix}") for name in self.cell_parameters))
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s + f", init={self.init!r}"
+
+    def reset_parameters(self) -> None:
+        hidden = self.hidden_size
+        for module in self.children():
+            module.reset_parameters()
+        if self.init == "uniform":
+            bound = 1.0 / math.sqrt(hidden)
+            for name, parameter in self.named_parameters(recurse=False):
+                nn.init.uniform_(parameter, -bound, bound)
+            return
+        for layer in range(self.num_layers):
+            for suffix in self._suffixes(layer):
+                for weight in (getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}")):
+                    for block in weight.detach().chunk(4, 0):
+                        nn.init.orthogonal_(block)
+                if self.init == "identity_g":
+                    nn.init.eye_(getattr(self, f"weight_hh{suffix}").detach()[2 * hidden : 3 * hidden])
+                if self.bias:
+                    biases = [getattr(self, f"{name}{suffix}") for name in self.bias_names]
+                    for bias in biases:
+                        nn.init.zeros_(bias)
+                    nn.init.ones_(biases[0].detach()[hidden : 2 * hidden])  # forget gate
+
+    def forward(
+        self, input: Tensor, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None
+    ) -> tuple[Tensor, State]:
+        batched = input.dim() == 3
+        x = self._check_input(input)
+        if self.batch_first and batched:
+            x = x.transpose(0, 1)
+        if not batched:
+            x = x.unsqueeze(1)
+        steps, batch, _ = x.shape
+        h0, c0 = self._initial_state(hx, batch, x, batched)
+        order = None
+        if lengths is None:
+            batch_sizes = [batch] * steps
+        else:
+            lengths = self._check_lengths(lengths, batch, steps)
+            lengths, order = lengths.sort(descending=True)
+            order = order.to(x.device)
+            x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
+            counts = lengths.tolist()
+            batch_sizes = [sum(1 for n in counts if n > t) for t in range(steps)]
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction, suffix in enumerate(self._suffixes(layer)):
+                k = layer * self.num_directions + direction
+                sequence = x if direction == 0 else _reverse(x, lengths)
+                out, (h, c) = self._run(self._cell(suffix), sequence, (h0[k], c0[k]), batch_sizes)
+                outputs.append(out if direction == 0 else _reverse(out, lengths))
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, 2) if self.bidirectional else outputs[0]
+            if self.dropout and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, self.training)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if order is not None:
+            restore = order.argsort()
+            x, h_n, c_n = x[:, restore], h_n[:, restore], c_n[:, restore]
+        if not batched:
+            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        return x, (h_n, c_n)
+
+    def _run(self, cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
+        """Runs one layer in one direction over time; the batch is sorted by length, and the
+        sequences that have ended leave it (as in a ``PackedSequence``)."""
+        h, c = state
+        outputs, ended = [], []
+        for t, (x_t, n) in enumerate(zip(cell.input_term(x, batch_sizes).unbind(0), batch_sizes)):
+            if n < len(h):
+                ended.append((h[n:], c[n:]))
+                h, c = h[:n], c[:n]
+            if n < len(x_t):
+                x_t = x_t[:n]
+            h, c = self._step(cell, x_t, (h, c), t)
+            outputs.append(h)
+        if self.training:
+            cell.update_running_stats(batch_sizes)
+        ended.append((h, c))
+        h_n = torch.cat([h for h, _ in reversed(ended)])
+        c_n = torch.cat([c for _, c in reversed(ended)])
+        batch = len(h_n)
+        if batch_sizes[-1] < batch:
+            outputs = [F.pad(out, (0, 0, 0, batch - len(out))) for out in outputs]
+        return torch.stack(outputs), (h_n, c_n)
+
+    def _check_input(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"input must be 3-D ({'batch, time' if self.batch_first else 'time, batch'}, features) "
+                f"or 2-D (time, features), got shape {tuple(input.shape)}"
+            )
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input has {input.shape[-1]} features, expected input_size={self.input_size}")
+        if not input.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
+        if input.numel() == 0:
+            raise ValueError(f"input must not be empty, got shape {tuple(input.shape)}")
+        return input
+
+    def _initial_state(self, hx: State | None, batch: int, x: Tensor, batched: bool) -> State:
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(shape)
+            c0 = x.new_zeros(shape)
+        else:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError("hx must be a tuple (h_0, c_0)")
+            h0, c0 = (s if batched else s.unsqueeze(1) for s in hx)
+            for name, s in (("h_0", h0), ("c_0", c0)):
+                if tuple(s.shape) != shape:
+                    expected = shape if batched else (shape[0], shape[2])
+                    got = tuple(s.shape) if batched else tuple(s.squeeze(1).shape)
+                    raise ValueError(f"{name} must have shape {expected}, got {got}")
+        if self.training and self.h0_noise_std:
+            h0 = h0 + self.h0_noise_std * torch.randn_like(h0)
+        return h0, c0
+
+    def _check_lengths(self, lengths: Tensor | Sequence[int], batch: int, steps: int) -> Tensor:
+        lengths = torch.as_tensor(lengths).cpu()
+        if lengths.dim() != 1 or len(lengths) != batch:
+            raise ValueError(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be integers, got {lengths.dtype}")
+        if lengths.min() < 1 or lengths.max() > steps:
+            raise ValueError(
+                f"lengths must be between 1 and the sequence length {steps}, "
+                f"got min {int(lengths.min())} and max {int(lengths.max())}"
+            )
+        return lengths
+
+
+def _step(cell, x_t: Tensor, state: State, t: int) -> State:
+    return cell(x_t, state, t)
+
+
+def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverses each sequence of x (T, B, F) in time, only its first ``lengths[b]`` steps."""
+    if lengths is None:
+        return x.flip(0)
+    steps = len(x)
+    t = torch.arange(steps)[:, None]
+    index = torch.where(t < lengths, lengths - 1 - t, t).to(x.device)
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+class LSTM(Recurrent):
+    """``torch.nn.LSTM`` as a Python loop: the same parameters (names, shapes, gate order),
+    so ``LSTM(...).load_state_dict(torch.nn.LSTM(...).state_dict())`` works."""
+
+    bias_names = ("bias_ih", "bias_hh")
+
+    cell_class = LSTMCell
+    cell_parameters = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+class BNLSTM(Recurrent):
+    """The batch-normalized LSTM of Cooijmans et al. 2016 (see ``BNLSTMCell``).
+
+    ``max_length``: timesteps with statistics of their own; later ones reuse the last.
+    ``momentum``, ``eps``: as in ``torch.nn.BatchNorm1d``. ``gamma_init``: every gain starts
+    here (0.1: 1.0 saturates tanh). ``input_stats="shared"`` keeps one set of statistics over
+    time for the input term (the paper's BN-e* for padded data). Population statistics are
+    re-estimated with ``torch.optim.swa_utils.update_bn(loader, model)``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        max_length: int,
+        momentum: float | None = 0.1,
+        eps: float = 1e-5,
+        gamma_init: float = 0.1,
+        input_stats: str = "per_step",
+        **options,
+    ) -> None:
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        if input_stats not in ("per_step", "shared"):
+            raise ValueError(f"input_stats must be 'per_step' or 'shared', got {input_stats!r}")
+        self.max_length = max_length
+        self.norm_options = dict(eps=eps, momentum=momentum, gamma_init=gamma_init)
+        self.input_stats = input_stats
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **options)
+
+    def _add_norms(self, suffix: str) -> None:
+        gates, options = 4 * self.hidden_size, self.norm_options
+        shared = self.input_stats == "shared"
+        self.add_module(f"bn_x{suffix}", SequenceBatchNorm(gates, self.max_length, center=False, shared=shared, **options))
+        self.add_module(f"bn_h{suffix}", SequenceBatchNorm(gates, self.max_length, center=False, **options))
+        self.add_module(f"bn_c{suffix}", SequenceBatchNorm(self.hidden_size, self.max_length, **options))
+
+    cell_class = BNLSTMCell
+    cell_parameters = ("weight_ih", "weight_hh", "bias", "bn_x", "bn_h", "bn_c")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_length={self.max_length}, input_stats={self.input_stats!r}"
+
+
+class LNLSTM(Recurrent):
+    """The layer-normalized LSTM of Ba et al. 2016 (see ``LNLSTMCell``). No batch statistics:
+    any batch size works, in training too. ``gamma_init``: where every gain starts (the LN
+    paper: 1)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        eps: float = 1e-5,
+        gamma_init: float = 1.0,
+        **options,
+    ) -> None:
+        self.eps = eps
+        self.gamma_init = gamma_init
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **options)
+
+    def _add_norms(self, suffix: str) -> None:
+        gates = 4 * self.hidden_size
+        for name, size in (("ln_x", gates), ("ln_h", gates), ("ln_c", self.hidden_size)):
+            self.add_module(f"{name}{suffix}", nn.LayerNorm(size, eps=self.eps))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for module in self.children():
+            nn.init.constant_(module.weight, self.gamma_init)
+
+    cell_class = LNLSTMCell
+    cell_parameters = ("weight_ih", "weight_hh", "bias", "ln_x", "ln_h", "ln_c")

@@ -1,0 +1,115 @@
+"""Times rbn's layers against torch.nn.LSTM (oneDNN on CPU, cuDNN on GPU) in one process.
+
+Forward + backward per batch, the variants interleaved within each round, medians over
+rounds. Prints a table of ratios to nn.LSTM and writes JSON. Compile time (first call of a
+compiled layer, which includes compilation) is reported separately.
+
+    python scripts/bench.py                       # both shapes, eager and compiled
+    python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import rbn  # noqa: E402
+
+SHAPES = {  # name: (batch, steps, input_size, hidden_size), the paper's tasks
+    "seqmnist": (64, 784, 1, 100),
+    "ptb_char": (64, 100, 50, 1000),
+}
+LAYERS = {
+    "LSTM": lambda i, h, T, **kw: rbn.LSTM(i, h, **kw),
+    "BNLSTM": lambda i, h, T, **kw: rbn.BNLSTM(i, h, max_length=T, **kw),
+    "LNLSTM": lambda i, h, T, **kw: rbn.LNLSTM(i, h, **kw),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one forward + backward pass."""
+    synchronize(x.device)
+    start = time.perf_counter()
+    output, _ = model(x)
+    output.sum().backward()
+    synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def bench_shape(name: str, device: torch.device, rounds: int, compile: bool) -> list[dict]:
+    batch, steps, input_size, hidden = SHAPES[name]
+    torch.manual_seed(0)
+    x = torch.randn(steps, batch, input_size, device=device)
+    models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device)}
+    for layer, make in LAYERS.items():
+        models[layer] = make(input_size, hidden, steps).to(device)
+        if compile:
+            models[f"{layer} compiled"] = make(input_size, hidden, steps, compile=True).to(device)
+    first_call = {label: time_batch(model, x) for label, model in models.items()}  # warm-up, compiles
+    times = {label: [] for label in models}
+    for _ in range(rounds):
+        for label, model in models.items():
+            times[label].append(time_batch(model, x))
+    baseline = statistics.median(times["nn.LSTM"])
+    rows = []
+    for label, samples in times.items():
+        median = statistics.median(samples)
+        rows.append(
+            dict(
+                shape=name, layer=label, batch=batch, steps=steps, input_size=input_size, hidden_size=hidden,
+                median_s=median, ratio=median / baseline, rounds=rounds,
+                compile_s=first_call[label] - median if label.endswith("compiled") else None,
+            )
+        )
+    return rows
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
+    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    args = parser.parse_args()
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5 for a meaningful median")
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
+          f"median of {args.rounds} interleaved rounds")
+    rows = []
+    for name in args.shapes:
+        batch, steps, input_size, hidden = SHAPES[name]
+        print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
+        print(f"| {'layer':<18} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
+        print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+        for row in bench_shape(name, device, args.rounds, args.compile):
+            compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
+            print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
+            rows.append(row)
+    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+import rbn
+
+LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
+
+
+def make(name: str, input_size: int = 3, hidden_size: int = 4, **kwargs) -> rbn.Recurrent:
+    """A layer by class name; BNLSTM gets a max_length unless one is given."""
+    if name == "BNLSTM":
+        kwargs.setdefault("max_length", 8)
+    return getattr(rbn, name)(input_size, hidden_size, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(params=LAYERS)
+def layer_name(request) -> str:
+    return request.param

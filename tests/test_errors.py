@@ -1,0 +1,87 @@
+"""Bad input gets a clear one-line error that names what is wrong."""
+
+import pytest
+import torch
+
+import rbn
+from conftest import make
+
+
+def raises(error, match, call):
+    with pytest.raises(error, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_input_of_wrong_rank(layer_name):
+    model = make(layer_name)
+    raises(ValueError, r"input must be 3-D .* got shape \(2, 3, 4, 3\)", lambda: model(torch.randn(2, 3, 4, 3)))
+
+
+def test_input_of_wrong_feature_size(layer_name):
+    model = make(layer_name)
+    raises(ValueError, "input has 5 features, expected input_size=3", lambda: model(torch.randn(6, 2, 5)))
+
+
+def test_input_of_integer_dtype(layer_name):
+    raises(TypeError, "floating-point", lambda: make(layer_name)(torch.ones(6, 2, 3, dtype=torch.long)))
+
+
+def test_empty_input(layer_name):
+    raises(ValueError, "must not be empty", lambda: make(layer_name)(torch.randn(0, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        ([6, 0], r"lengths must be between 1 and the sequence length 6, got min 0 and max 6"),
+        ([7, 2], r"lengths must be between 1 and the sequence length 6, got min 2 and max 7"),
+        ([6, 2, 3], r"lengths must be 1-D with one entry per sequence \(2\), got shape \(3,\)"),
+        ([[6, 2]], r"lengths must be 1-D"),
+        (torch.tensor([6.0, 2.0]), "lengths must be integers, got torch.float32"),
+    ],
+)
+def test_lengths_out_of_range_or_of_wrong_shape(layer_name, lengths, match):
+    model = make(layer_name)
+    raises((ValueError, TypeError), match, lambda: model(torch.randn(6, 2, 3), lengths=lengths))
+
+
+def test_initial_state_of_wrong_shape(layer_name):
+    model = make(layer_name, num_layers=2)
+    hx = (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4))
+    raises(ValueError, r"h_0 must have shape \(2, 2, 4\), got \(1, 2, 4\)", lambda: model(torch.randn(6, 2, 3), hx))
+    raises(TypeError, r"hx must be a tuple \(h_0, c_0\)", lambda: model(torch.randn(6, 2, 3), torch.zeros(2, 2, 4)))
+
+
+def test_batch_norm_training_on_a_single_sequence():
+    model = make("BNLSTM").train()
+    raises(ValueError, "needs at least 2 sequences per batch, got 1", lambda: model(torch.randn(6, 1, 3)))
+    raises(ValueError, "needs at least 2 sequences per batch, got 1", lambda: model(torch.randn(6, 3)))
+    model.eval()
+    assert model(torch.randn(6, 1, 3))[0].shape == (6, 1, 4)
+
+
+@pytest.mark.parametrize("max_length", [0, -3, 2.5])
+def test_max_length_below_one(max_length):
+    raises(ValueError, "max_length must be a positive integer", lambda: rbn.BNLSTM(3, 4, max_length=max_length))
+    if isinstance(max_length, int):
+        raises(ValueError, "max_length must be at least 1", lambda: rbn.SequenceBatchNorm(4, max_length))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_size=0), "hidden_size must be a positive integer, got 0"),
+        (dict(num_layers=0), "num_layers must be a positive integer, got 0"),
+        (dict(input_size=2.0), "input_size must be a positive integer, got 2.0"),
+        (dict(dropout=1.5), r"dropout must be in \[0, 1\], got 1.5"),
+        (dict(init="xavier"), "init must be one of orthogonal, identity_g, uniform; got 'xavier'"),
+        (dict(h0_noise_std=-1.0), "h0_noise_std must be >= 0, got -1.0"),
+    ],
+)
+def test_bad_constructor_arguments(layer_name, kwargs, match):
+    raises(ValueError, match, lambda: make(layer_name, **kwargs))
+
+
+def test_bad_input_statistics_option():
+    raises(ValueError, "input_stats must be 'per_step' or 'shared', got 'global'", lambda: make("BNLSTM", input_stats="global"))

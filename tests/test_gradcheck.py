@@ -1,0 +1,39 @@
+"""Analytical gradients agree with finite differences in float64, for every layer and path."""
+
+import pytest
+import torch
+
+from conftest import make
+
+
+def check(model, x, **kwargs):
+    model = model.double()
+
+    def f(x, *params):
+        output, (h_n, c_n) = torch.func.functional_call(model, dict(zip(names, params)), (x,), kwargs)
+        return output, h_n, c_n
+
+    names = [name for name, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    assert torch.autograd.gradcheck(f, (x.double().requires_grad_(), *params))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_are_exact(layer_name, mode):
+    model = make(layer_name, input_size=2, hidden_size=2, num_layers=2, bidirectional=True).train(mode == "train")
+    check(model, torch.randn(4, 3, 2))
+
+
+def test_gradients_are_exact_with_padding(layer_name):
+    model = make(layer_name, input_size=2, hidden_size=2, bidirectional=True)
+    check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
+
+
+def test_gradients_are_exact_beyond_max_length():
+    check(make("BNLSTM", input_size=2, hidden_size=2, max_length=2), torch.randn(5, 3, 2))
+
+
+def test_gradients_are_exact_with_shared_input_statistics():
+    model = make("BNLSTM", input_size=2, hidden_size=2, input_stats="shared")
+    check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
+    check(model, torch.randn(5, 4, 2))

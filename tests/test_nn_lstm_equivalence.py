@@ -1,0 +1,79 @@
+"""rbn.LSTM is torch.nn.LSTM: same parameter names and layout, same outputs and gradients."""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rbn
+
+CONFIGS = [
+    dict(num_layers=1),
+    dict(num_layers=2),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, bidirectional=True, batch_first=True),
+    dict(num_layers=1, bias=False),
+]
+
+
+def pair(**config):
+    reference = torch.nn.LSTM(3, 5, **config)
+    ours = rbn.LSTM(3, 5, **config)
+    ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_parameter_names_and_shapes_match_nn_lstm(config):
+    reference, ours = pair(**config)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert [name for name, _ in ours.named_parameters()] == [name for name, _ in reference.named_parameters()]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_outputs_and_gradients_match_nn_lstm(config):
+    reference, ours = pair(**config)
+    shape = (4, 7, 3) if config.get("batch_first") else (7, 4, 3)
+    x = torch.randn(shape)
+    hx = tuple(torch.randn(config["num_layers"] * (2 if config.get("bidirectional") else 1), 4, 5) for _ in range(2))
+    expected, (h_ref, c_ref) = reference(x, hx)
+    output, (h_n, c_n) = ours(x, hx)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_n, h_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_n, c_ref, atol=1e-5, rtol=1e-5)
+    (expected.square().sum() + c_ref.sum()).backward()
+    (output.square().sum() + c_n.sum()).backward()
+    for (name, p_ref), p in zip(reference.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lengths_match_a_packed_sequence(bidirectional):
+    reference, ours = pair(num_layers=2, bidirectional=bidirectional)
+    x = torch.randn(6, 5, 3)
+    lengths = torch.tensor([3, 6, 1, 4, 6])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    expected, (h_ref, c_ref) = reference(packed)
+    expected, _ = pad_packed_sequence(expected, total_length=6)
+    output, (h_n, c_n) = ours(x, lengths=lengths)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_n, h_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c_n, c_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unbatched_input_matches_nn_lstm():
+    reference, ours = pair(num_layers=2)
+    x = torch.randn(7, 3)
+    expected, (h_ref, _) = reference(x)
+    output, (h_n, _) = ours(x)
+    assert output.shape == (7, 5) and h_n.shape == (2, 5)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_n, h_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_uniform_init_is_nn_lstm_init():
+    torch.manual_seed(1)
+    reference = torch.nn.LSTM(3, 5, num_layers=2)
+    torch.manual_seed(1)
+    ours = rbn.LSTM(3, 5, num_layers=2, init="uniform")
+    for (name, expected), actual in zip(reference.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(actual, expected, msg=name)

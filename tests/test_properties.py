@@ -1,0 +1,138 @@
+"""Properties every layer must have: causality, batch (in)dependence, padding invariance."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import make
+
+T, B = 6, 5
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_output_at_t_does_not_depend_on_later_inputs(layer_name, mode):
+    model = make(layer_name).train(mode == "train")
+    x = torch.randn(T, B, 3)
+    later = x.clone()
+    later[4:] = torch.randn(T - 4, B, 3)
+    torch.testing.assert_close(model(later)[0][:4], model(x)[0][:4])
+    assert not torch.allclose(model(later)[0][4:], model(x)[0][4:])
+
+
+@pytest.mark.parametrize("layer_name", ["LSTM", "LNLSTM"])
+def test_sequences_do_not_affect_each_other_in_training(layer_name):
+    model = make(layer_name).train()
+    x = torch.randn(T, B, 3)
+    other = x.clone()
+    other[:, 1:] = torch.randn(T, B - 1, 3)
+    torch.testing.assert_close(model(other)[0][:, 0], model(x)[0][:, 0])
+
+
+def test_layer_norm_trains_on_a_single_sequence():
+    output, _ = make("LNLSTM").train()(torch.randn(T, 1, 3))
+    assert output.shape == (T, 1, 4)
+
+
+def test_batch_norm_mixes_sequences_in_training_but_not_in_eval():
+    model = make("BNLSTM")
+    x = torch.randn(T, B, 3)
+    other = x.clone()
+    other[:, 1:] = torch.randn(T, B - 1, 3)
+    assert not torch.allclose(model.train()(other)[0][:, 0], model(x)[0][:, 0])
+    model.eval()
+    torch.testing.assert_close(model(other)[0][:, 0], model(x)[0][:, 0])
+
+
+def test_eval_on_one_sequence_equals_its_row_in_a_batch(layer_name):
+    model = make(layer_name, num_layers=2, bidirectional=True)
+    model.train()(torch.randn(T, B, 3))  # move BN's running statistics away from their start
+    model.eval()
+    x = torch.randn(T, B, 3)
+    batched, (h_n, _) = model(x)
+    single, (h_1, _) = model(x[:, 2:3])
+    torch.testing.assert_close(single[:, 0], batched[:, 2])
+    torch.testing.assert_close(h_1[:, 0], h_n[:, 2])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_padding_content_does_not_change_valid_outputs(layer_name, mode):
+    model = make(layer_name, num_layers=2, bidirectional=True).train(mode == "train")
+    lengths = torch.tensor([6, 2, 4, 6, 3])
+    valid = torch.arange(T)[:, None] < lengths
+    x = torch.randn(T, B, 3)
+    noise = torch.where(valid[..., None], x, 100 * torch.randn_like(x))
+    output, (h_n, c_n) = model(x, lengths=lengths)
+    noisy, (h_noisy, c_noisy) = model(noise, lengths=lengths)
+    torch.testing.assert_close(noisy, output)
+    torch.testing.assert_close(h_noisy, h_n)
+    torch.testing.assert_close(c_noisy, c_n)
+    assert (output[~valid] == 0).all()
+
+
+def test_padding_does_not_enter_batch_statistics():
+    model = make("BNLSTM")
+    twin = copy.deepcopy(model)
+    lengths = torch.tensor([6, 2, 4, 6, 3])
+    valid = torch.arange(T)[:, None] < lengths
+    x = torch.randn(T, B, 3)
+    model(x, lengths=lengths)
+    twin(torch.where(valid[..., None], x, 1e3 * torch.randn_like(x)), lengths=lengths)
+    for key, value in twin.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[key], msg=key)
+
+
+def test_final_state_of_a_padded_sequence_is_its_state_at_its_last_step(layer_name):
+    model = make(layer_name).eval()
+    lengths = torch.tensor([6, 2, 4, 6, 3])
+    output, (h_n, _) = model(torch.randn(T, B, 3), lengths=lengths)
+    torch.testing.assert_close(h_n[0], output[lengths - 1, torch.arange(B)])
+
+
+def test_reverse_direction_reads_only_the_valid_part(layer_name):
+    model = make(layer_name, bidirectional=True)
+    model.train()(torch.randn(T, B, 3))
+    model.eval()
+    x = torch.randn(T, B, 3)
+    padded, (h_n, _) = model(x, lengths=torch.tensor([6, 3, 6, 6, 6]))
+    alone, (h_alone, _) = model(x[:3, 1:2])
+    torch.testing.assert_close(padded[:3, 1], alone[:, 0])
+    torch.testing.assert_close(h_n[:, 1], h_alone[:, 0])
+
+
+def test_dropout_applies_between_layers_in_training_only(layer_name):
+    model = make(layer_name, num_layers=2, dropout=0.5)
+    x = torch.randn(T, B, 3)
+    model.eval()
+    torch.testing.assert_close(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.allclose(model(x)[0], model(x)[0])
+    one_layer = make(layer_name, num_layers=1, dropout=0.5).train()
+    torch.testing.assert_close(one_layer(x)[0], one_layer(x)[0])
+
+
+def test_h0_noise_is_added_in_training_only(layer_name):
+    model = make(layer_name, h0_noise_std=0.1)
+    x = torch.randn(T, B, 3)
+    model.eval()
+    torch.testing.assert_close(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.allclose(model(x)[0], model(x)[0])
+
+
+def test_batch_first_transposes_input_and_output(layer_name):
+    model = make(layer_name, batch_first=True).eval()
+    x = torch.randn(B, T, 3)
+    output, (h_n, _) = model(x)
+    assert output.shape == (B, T, 4) and h_n.shape == (1, B, 4)
+    model.batch_first = False
+    torch.testing.assert_close(model(x.transpose(0, 1))[0].transpose(0, 1), output)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_shapes_follow_nn_lstm(layer_name, bidirectional):
+    model = make(layer_name, num_layers=3, bidirectional=bidirectional)
+    output, (h_n, c_n) = model(torch.randn(T, B, 3))
+    directions = 2 if bidirectional else 1
+    assert output.shape == (T, B, 4 * directions)
+    assert h_n.shape == c_n.shape == (3 * directions, B, 4)
