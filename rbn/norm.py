@@ -78,25 +78,25 @@ class SequenceBatchNorm(_BatchNorm):
                 f"got {batch}; use model.eval() for single sequences"
             )
 
-    def forward(self, x: Tensor, batch_sizes: list[int] | None = None) -> Tensor:
+    def forward(self, x: Tensor, batch_sizes: list[int] | None = None, shift: Tensor | None = None) -> Tensor:
         """Normalizes a sequence x (T, B, C); ``batch_sizes[t]`` rows are valid at step t.
 
         Rows beyond ``batch_sizes[t]`` (padding, the batch sorted by length) enter no
-        statistic; their output is unspecified.
+        statistic; their output is unspecified. ``shift`` (C,) is added to the output inside
+        the normalization's own kernel (for BN(W_x x; gamma, 0) + b, one pass instead of two).
         """
         steps, batch, channels = x.shape
         self._check_batch(batch)
+        beta = self.beta if shift is None else shift if self.beta is None else self.beta + shift
         if batch_sizes is not None and min(batch_sizes) < batch:
-            return self._forward_padded(x, batch_sizes)
+            return self._forward_padded(x, batch_sizes, beta)
         if self.shared:
             flat = x.reshape(steps * batch, channels)
-            out = self._normalize(flat, range(1), self.gamma, self.beta)
+            out = self._normalize(flat, range(1), self.gamma, beta)
             return out.view(steps, batch, channels)
         # Per-timestep statistics over the batch for all T at once: (B, T*C) channels.
         flat = x.transpose(0, 1).reshape(batch, steps * channels)
-        gamma = self.gamma.repeat(steps)
-        beta = None if self.beta is None else self.beta.repeat(steps)
-        out = self._normalize(flat, range(steps), gamma, beta)
+        out = self._normalize(flat, range(steps), self.gamma.repeat(steps), None if beta is None else beta.repeat(steps))
         return out.view(batch, steps, channels).transpose(0, 1)
 
     def _normalize(self, flat: Tensor, steps: range, gamma: Tensor, beta: Tensor | None) -> Tensor:
@@ -112,7 +112,7 @@ class SequenceBatchNorm(_BatchNorm):
         self._accumulate(mean.view(len(steps), -1), var.view(len(steps), -1))
         return out
 
-    def _forward_padded(self, x: Tensor, batch_sizes: list[int]) -> Tensor:
+    def _forward_padded(self, x: Tensor, batch_sizes: list[int], beta: Tensor | None) -> Tensor:
         steps, batch, _ = x.shape
         population = self._rows(range(1 if self.shared else steps), x.device)
         mean = self.running_mean[population].unsqueeze(1)
@@ -133,7 +133,7 @@ class SequenceBatchNorm(_BatchNorm):
             unbiased = batch_var * n / (n - 1).clamp(min=1)
             self._accumulate(batch_mean[:tracked, 0].detach(), unbiased[:tracked, 0].detach())
         out = (x - mean) * torch.rsqrt(var + self.eps) * self.gamma
-        return out if self.beta is None else out + self.beta
+        return out if beta is None else out + beta
 
     def step(self, x: Tensor, t: int) -> Tensor:
         """Normalizes timestep t of a sequence, x (B, C), inside a recurrence."""

@@ -68,7 +68,9 @@ class Recurrent(nn.Module):
         self.init = init
         self.h0_noise_std = h0_noise_std
         self.compile_step = compile
-        self._step = torch.compile(_step, dynamic=None) if compile else _step
+        # Compiled per cell class: dynamo caches per code object, so one shared step function
+        # would hit its recompile limit across cell types and fall back to eager.
+        self._step = torch.compile(self.cell_class.__call__) if compile else self.cell_class.__call__
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes(layer):
@@ -243,10 +245,6 @@ class Recurrent(nn.Module):
                 f"got min {int(lengths.min())} and max {int(lengths.max())}"
             )
         return lengths
-
-
-def _step(cell, x_t: Tensor, state: State, t: int) -> State:
-    return cell(x_t, state, t)
 
 
 def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -1,0 +1,24 @@
+"""compile=True runs the same step through torch.compile: same outputs, gradients and statistics."""
+
+import pytest
+import torch
+
+from conftest import make
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(layer_name):
+    eager = make(layer_name, bidirectional=True)
+    compiled = make(layer_name, bidirectional=True, compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    for lengths in (None, torch.tensor([6, 2, 4, 6, 3])):
+        x = torch.randn(6, 5, 3)
+        expected, _ = eager(x, lengths=lengths)
+        output, _ = compiled(x, lengths=lengths)
+        torch.testing.assert_close(output, expected)
+        expected.square().sum().backward()
+        output.square().sum().backward()
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):
+        torch.testing.assert_close(c, b, msg=name)
