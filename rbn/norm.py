@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 class SequenceBatchNorm(_BatchNorm):
     """BN(x; gamma, beta) = beta + gamma * (x - E[x]) / sqrt(Var[x] + eps), statistics per timestep.
 
-    The paper's eq. 5, applied at every timestep t of a sequence with statistics of that
+    The paper's §3 definition, applied at every timestep t of a sequence with statistics of that
     timestep (averaging them over time "severely degrades performance"), while gamma and beta
     are shared over time. Timesteps t >= max_length use the statistics of max_length - 1.
 

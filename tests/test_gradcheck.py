@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import rbn
+
 from conftest import make
 
 
@@ -37,3 +39,31 @@ def test_gradients_are_exact_with_shared_input_statistics():
     model = make("BNLSTM", input_size=2, hidden_size=2, input_stats="shared")
     check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
     check(model, torch.randn(5, 4, 2))
+
+
+@pytest.fixture(params=["deferred", "per_step"])
+def weight_gradient(request, monkeypatch):
+    """W_h's gradient as one GEMM over all steps, or a GEMM per step, whatever the size."""
+    threshold = 0 if request.param == "deferred" else 10**9
+    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
+        monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
+    return request.param
+
+
+def test_gradients_are_exact_either_way_of_computing_the_recurrent_weight_gradient(layer_name, weight_gradient):
+    model = make(layer_name, input_size=2, hidden_size=2, bidirectional=True)
+    check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
+
+
+def test_deferred_recurrent_weight_gradient_equals_the_per_step_one(layer_name, monkeypatch):
+    model = make(layer_name, num_layers=2).double()
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    gradients = []
+    for threshold in (0, 10**9):
+        for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
+            monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
+        model.zero_grad()
+        model(x, lengths=torch.tensor([6, 2, 4, 6, 3]))[0].square().sum().backward()
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    for deferred, per_step in zip(*gradients):
+        torch.testing.assert_close(deferred, per_step)
