@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cells import BNLSTMCell, LNLSTMCell, LSTMCell, State
+from .cells import BNLSTMCell, Cell, LNLSTMCell, LSTMCell, State
 from .norm import SequenceBatchNorm
 
 INITS = ("orthogonal", "identity_g", "uniform")
@@ -23,8 +23,10 @@ class Recurrent(nn.Module):
     they enter no statistic, leave the state unchanged and give zero outputs. A bidirectional
     layer reverses only the valid part of each sequence.
 
-    Subclasses add their parameters per layer and direction in ``_add_cell`` and build the
-    cell that reads them in ``_cell``; the time loop here is the same for all of them.
+    A subclass names its cell (``cell_class``), the parameters and modules the cell reads for
+    each layer and direction (``cell_parameters``, of which the stack registers the weights and
+    ``bias_names``), and adds its normalization modules in ``_add_norms``. The time loop here
+    is the same for all of them.
 
     Extra options: ``init`` is "orthogonal" (each gate block of W_x and W_h orthogonal,
     forget-gate bias 1, other biases 0), "identity_g" (as orthogonal, but the g block of W_h
@@ -33,6 +35,10 @@ class Recurrent(nn.Module):
     fix for the zero batch variance that the constant first pixels of seqMNIST cause);
     ``compile`` runs the recurrent step through ``torch.compile``.
     """
+
+    cell_class: type[Cell]
+    cell_parameters: tuple[str, ...]
+    bias_names: tuple[str, ...] = ("bias",)
 
     def __init__(
         self,
@@ -89,12 +95,10 @@ class Recurrent(nn.Module):
     def _suffixes(self, layer: int) -> list[str]:
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 
-    bias_names: tuple[str, ...] = ("bias",)
-
     def _add_norms(self, suffix: str) -> None:
         """Adds the normalization modules of one layer and direction."""
 
-    def _cell(self, suffix: str):
+    def _cell(self, suffix: str) -> Cell:
         """The cell that reads the parameters of one layer and direction."""
         return self.cell_class(*(getattr(self, f"{name}{suffix}") for name in self.cell_parameters))
 
@@ -116,7 +120,7 @@ class Recurrent(nn.Module):
             module.reset_parameters()
         if self.init == "uniform":
             bound = 1.0 / math.sqrt(hidden)
-            for name, parameter in self.named_parameters(recurse=False):
+            for parameter in self.parameters(recurse=False):
                 nn.init.uniform_(parameter, -bound, bound)
             return
         for layer in range(self.num_layers):
@@ -135,8 +139,8 @@ class Recurrent(nn.Module):
     def forward(
         self, input: Tensor, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None
     ) -> tuple[Tensor, State]:
-        batched = input.dim() == 3
         x = self._check_input(input)
+        batched = x.dim() == 3
         if self.batch_first and batched:
             x = x.transpose(0, 1)
         if not batched:
@@ -151,8 +155,7 @@ class Recurrent(nn.Module):
             lengths, order = lengths.sort(descending=True)
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
-            counts = lengths.tolist()
-            batch_sizes = [sum(1 for n in counts if n > t) for t in range(steps)]
+            batch_sizes = (lengths > torch.arange(steps)[:, None]).sum(1).tolist()
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
@@ -176,7 +179,7 @@ class Recurrent(nn.Module):
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
 
-    def _run(self, cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
+    def _run(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
         """Runs one layer in one direction over time; the batch is sorted by length, and the
         sequences that have ended leave it (as in a ``PackedSequence``)."""
         h, c = state
@@ -268,7 +271,8 @@ class LSTM(Recurrent):
 
 
 class BNLSTM(Recurrent):
-    """The batch-normalized LSTM of Cooijmans et al. 2016 (see ``BNLSTMCell``).
+    """The batch-normalized LSTM of Cooijmans et al. 2016 (see ``BNLSTMCell``); ``Recurrent``'s
+    arguments, and:
 
     ``max_length``: timesteps with statistics of their own; later ones reuse the last.
     ``momentum``, ``eps``: as in ``torch.nn.BatchNorm1d``. ``gamma_init``: every gain starts
@@ -279,20 +283,13 @@ class BNLSTM(Recurrent):
 
     def __init__(
         self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
+        *args,
         max_length: int,
         momentum: float | None = 0.1,
         eps: float = 1e-5,
         gamma_init: float = 0.1,
         input_stats: str = "per_step",
-        **options,
+        **kwargs,
     ) -> None:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
@@ -301,7 +298,7 @@ class BNLSTM(Recurrent):
         self.max_length = max_length
         self.norm_options = dict(eps=eps, momentum=momentum, gamma_init=gamma_init)
         self.input_stats = input_stats
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **options)
+        super().__init__(*args, **kwargs)
 
     def _add_norms(self, suffix: str) -> None:
         gates, options = 4 * self.hidden_size, self.norm_options
@@ -318,27 +315,14 @@ class BNLSTM(Recurrent):
 
 
 class LNLSTM(Recurrent):
-    """The layer-normalized LSTM of Ba et al. 2016 (see ``LNLSTMCell``). No batch statistics:
-    any batch size works, in training too. ``gamma_init``: where every gain starts (the LN
-    paper: 1)."""
+    """The layer-normalized LSTM of Ba et al. 2016 (see ``LNLSTMCell``); ``Recurrent``'s
+    arguments, and ``eps`` and ``gamma_init`` (where every gain starts; the LN paper: 1).
+    No batch statistics: any batch size works, in training too."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        eps: float = 1e-5,
-        gamma_init: float = 1.0,
-        **options,
-    ) -> None:
+    def __init__(self, *args, eps: float = 1e-5, gamma_init: float = 1.0, **kwargs) -> None:
         self.eps = eps
         self.gamma_init = gamma_init
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, **options)
+        super().__init__(*args, **kwargs)
 
     def _add_norms(self, suffix: str) -> None:
         gates = 4 * self.hidden_size

@@ -2,7 +2,9 @@
 
 Forward + backward per batch, the variants interleaved within each round, medians over
 rounds. Prints a table of ratios to nn.LSTM and writes JSON. Compile time (first call of a
-compiled layer, which includes compilation) is reported separately.
+compiled layer minus its median) is reported separately, cold: inductor gets a fresh cache
+directory, and dynamo compiles each cell class once per process, so a later shape shows only
+its recompilation.
 
     python scripts/bench.py                       # both shapes, eager and compiled
     python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
@@ -12,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
+import torch  # noqa: E402  (after the cache directory is set)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rbn  # noqa: E402
@@ -80,7 +85,10 @@ def bench_shape(name: str, device: torch.device, rounds: int, compile: bool) -> 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

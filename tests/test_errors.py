@@ -23,6 +23,10 @@ def test_input_of_wrong_feature_size(layer_name):
     raises(ValueError, "input has 5 features, expected input_size=3", lambda: model(torch.randn(6, 2, 5)))
 
 
+def test_input_that_is_not_a_tensor(layer_name):
+    raises(TypeError, "input must be a Tensor, got list", lambda: make(layer_name)([[0.0, 1.0, 2.0]]))
+
+
 def test_input_of_integer_dtype(layer_name):
     raises(TypeError, "floating-point", lambda: make(layer_name)(torch.ones(6, 2, 3, dtype=torch.long)))
 
