@@ -6,7 +6,10 @@ compiled layer minus its median) is reported separately, cold: inductor gets a f
 directory, and dynamo compiles each cell class once per process, so a later shape shows only
 its recompilation.
 
-    python scripts/bench.py                       # both shapes, eager and compiled
+It also times the data loaders (training batches per second of every dataset whose files
+are present), which must stay far faster than a training step.
+
+    python scripts/bench.py                       # both shapes, eager and compiled, loaders
     python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
 """
 
@@ -26,6 +29,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-induc
 import torch  # noqa: E402  (after the cache directory is set)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import rbn  # noqa: E402
 
 SHAPES = {  # name: (batch, steps, input_size, hidden_size), the paper's tasks
@@ -82,6 +86,31 @@ def bench_shape(name: str, device: torch.device, rounds: int, compile: bool) -> 
     return rows
 
 
+LOADERS = {  # name: training batch size of the paper's preset
+    "seqmnist": 100, "pmnist": 100, "shakespeare": 64, "ptb_char": 64, "text8": 128,
+}
+
+
+def bench_loaders(seconds: float = 2.0) -> list[dict]:
+    """Training batches per second of each dataset present (nothing is downloaded)."""
+    rows = []
+    for name, batch_size in LOADERS.items():
+        try:
+            dataset = getattr(data, name)(download=False)
+        except data.DataError:
+            continue
+        batches, start = 0, time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        while time.perf_counter() - start < seconds:
+            for _ in dataset.batches("train", batch_size, generator):
+                batches += 1
+                if time.perf_counter() - start >= seconds:
+                    break
+        elapsed = time.perf_counter() - start
+        rows.append(dict(dataset=name, batch_size=batch_size, batches_per_s=batches / elapsed))
+    return rows
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -97,6 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
+    parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     if args.rounds < 5:
@@ -114,7 +144,14 @@ def main() -> None:
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
             print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
             rows.append(row)
-    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows)
+    loaders = bench_loaders() if args.loaders else []
+    if loaders:
+        print(f"\n| {'dataset':<12} | {'batch':>5} | {'batches/s':>9} | {'ms/batch':>8} |")
+        print(f"|{'-' * 14}|{'-' * 7}|{'-' * 11}|{'-' * 10}|")
+        for row in loaders:
+            ms = 1e3 / row["batches_per_s"]
+            print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
+    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
 
