@@ -22,12 +22,16 @@ def main() -> None:
     unknown = sorted(set(args.names) - set(DATASETS))
     if unknown:
         parser.error(f"unknown dataset {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    failed = False
     for name in args.names:
         try:
             dataset = getattr(data, name)(root=args.root)
         except data.DataError as error:
-            sys.exit(f"{name}: {error}")
+            print(f"{name}: {error}", file=sys.stderr)
+            failed = True
+            continue
         print(f"{name}: {len(dataset)} training examples under {args.root or data.default_root()}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

