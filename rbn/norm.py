@@ -87,7 +87,9 @@ class SequenceBatchNorm(_BatchNorm):
         """
         steps, batch, channels = x.shape
         self._check_batch(batch)
-        beta = self.beta if shift is None else shift if self.beta is None else self.beta + shift
+        beta = self.beta
+        if shift is not None:
+            beta = shift if beta is None else beta + shift
         if batch_sizes is not None and min(batch_sizes) < batch:
             return self._forward_padded(x, batch_sizes, beta)
         if self.shared:
