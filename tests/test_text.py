@@ -194,3 +194,13 @@ def test_text8_offline_names_the_file_and_its_checksum(tmp_path):
     with pytest.raises(DataError) as error:
         text.text8(tmp_path, download=False)
     assert str(tmp_path / "text8" / "text8") in str(error.value) and text.TEXT8_DIGEST in str(error.value)
+
+
+def test_a_zip_holding_the_wrong_text8_leaves_no_file_behind(tmp_path, small_text8, monkeypatch):
+    archive = tmp_path / "text8.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("text8", small_text8 + b"tampered")
+    monkeypatch.setattr(text, "TEXT8_URL", archive.as_uri())
+    with pytest.raises(DataError, match="has sha256"):
+        text.text8(tmp_path / "root")
+    assert not (tmp_path / "root" / "text8" / "text8").exists()
