@@ -1,0 +1,223 @@
+"""The trainer's typed configuration: one dataclass per config group option in ``conf/``.
+
+Registered in Hydra's ``ConfigStore`` as schemas that the YAML files in ``conf/`` extend, so a
+wrong type or an unknown key fails when the config is composed. What types cannot say (sizes
+that must be positive, combinations that cannot work) is checked by ``check`` before anything
+is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be trained; the message is one line."""
+
+
+class Init(Enum):
+    orthogonal = "orthogonal"
+    identity_g = "identity_g"
+    uniform = "uniform"
+
+
+class InputStats(Enum):
+    per_step = "per_step"
+    shared = "shared"
+
+
+class MNISTSource(Enum):
+    embedded = "embedded"
+    torchvision = "torchvision"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+# Models: the keyword arguments of rbn.LSTM / rbn.BNLSTM / rbn.LNLSTM, and the layer's name.
+
+
+@dataclass
+class LSTMConfig:
+    name: str = "lstm"
+    hidden_size: int = 100
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    init: Init = Init.orthogonal
+    h0_noise_std: float = 0.0
+    compile: bool = False
+
+
+@dataclass
+class BNLSTMConfig(LSTMConfig):
+    name: str = "bnlstm"
+    max_length: Optional[int] = None  # None: the data's sequence length
+    momentum: Optional[float] = 0.1
+    eps: float = 1e-5
+    gamma_init: float = 0.1
+    input_stats: InputStats = InputStats.per_step
+
+
+@dataclass
+class LNLSTMConfig(LSTMConfig):
+    name: str = "lnlstm"
+    eps: float = 1e-5
+    gamma_init: float = 1.0
+
+
+# Data: the keyword arguments of the factories in data/, and the factory's name.
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: Optional[str] = None  # None: $RBN_DATA, else ~/.cache/rbn
+    download: bool = True
+
+
+@dataclass
+class MNISTConfig(DataConfig):
+    name: str = "seqmnist"
+    source: MNISTSource = MNISTSource.embedded
+
+
+@dataclass
+class PMNISTConfig(MNISTConfig):
+    name: str = "pmnist"
+    seed: int = 0  # the permutation's seed, fixed across runs as in the paper
+
+
+@dataclass
+class TextConfig(DataConfig):
+    segment_length: int = 100
+
+
+# Optimizers: torch.optim classes and their keyword arguments.
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class RMSpropConfig(OptimConfig):
+    name: str = "rmsprop"
+    alpha: float = 0.99
+    momentum: float = 0.0
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamConfig(OptimConfig):
+    name: str = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"  # auto: CUDA when there is one
+    precision: Precision = Precision.fp32  # bf16: autocast
+    batch_size: int = 100
+    max_epochs: int = 1
+    max_steps: Optional[int] = None  # stops before max_epochs when reached
+    clip_grad_norm: Optional[float] = 1.0
+    eval_interval: Optional[int] = None  # in steps; None: at the end of every epoch
+    limit_eval_batches: Optional[int] = None  # for valid, test and population statistics
+    log_interval: int = 50
+    sample_length: int = 200  # characters generated at each evaluation (char models)
+    progress_bar: bool = True  # on a terminal; plain periodic lines otherwise
+
+
+@dataclass
+class Config:
+    model: LSTMConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+MODELS = {"lstm": LSTMConfig, "bnlstm": BNLSTMConfig, "lnlstm": LNLSTMConfig}
+DATASETS = {
+    "seqmnist": MNISTConfig, "pmnist": PMNISTConfig,
+    "shakespeare": TextConfig, "ptb_char": TextConfig, "text8": TextConfig,
+}
+OPTIMIZERS = {"rmsprop": RMSpropConfig, "adam": AdamConfig}
+
+
+def register() -> None:
+    """Stores the schemas: ``config_schema`` for conf/config.yaml, and ``schema/<group>/<name>``
+    for the group files."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+        for name, schema in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def _run_name(overrides: str) -> str:
+    return overrides or "default"
+
+
+register()
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", _run_name)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raises ConfigError for values the types allow but training cannot use."""
+    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+        name = cfg[group].name
+        if name not in schemas:
+            raise ConfigError(f"{group}.name={name!r} is not one of {', '.join(schemas)}")
+        if OmegaConf.get_type(cfg[group]) is not schemas[name]:
+            raise ConfigError(f"{group}.name={name!r} does not match the {group} config; choose it with {group}={name}")
+    model, trainer = cfg.model, cfg.trainer
+    positive = {
+        "model.hidden_size": model.hidden_size, "model.num_layers": model.num_layers,
+        "trainer.batch_size": trainer.batch_size, "trainer.max_epochs": trainer.max_epochs,
+        "trainer.max_steps": trainer.max_steps, "trainer.eval_interval": trainer.eval_interval,
+        "trainer.limit_eval_batches": trainer.limit_eval_batches, "trainer.log_interval": trainer.log_interval,
+        "optim.lr": cfg.optim.lr, "model.max_length": model.get("max_length"),
+        "data.segment_length": cfg.data.get("segment_length"),
+    }
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    _check_range("model.dropout", model.dropout, 0.0, 1.0)
+    _check_range("model.h0_noise_std", model.h0_noise_std, 0.0, float("inf"))
+    if model.get("momentum") is not None:
+        _check_range("model.momentum", model.momentum, 0.0, 1.0)
+    if trainer.clip_grad_norm is not None and trainer.clip_grad_norm <= 0:
+        raise ConfigError(f"trainer.clip_grad_norm must be positive or null, got {trainer.clip_grad_norm}")
+    if trainer.sample_length < 0:
+        raise ConfigError(f"trainer.sample_length must be >= 0, got {trainer.sample_length}")
+    language_model = isinstance(cfg.data, DictConfig) and OmegaConf.get_type(cfg.data) is TextConfig
+    if language_model and model.bidirectional:
+        raise ConfigError("a bidirectional model cannot be a language model: it would read the characters it predicts")
+    if model.name == "bnlstm" and trainer.batch_size < 2:
+        raise ConfigError("BN-LSTM trains on batch statistics: trainer.batch_size must be at least 2")
+    if model.dropout and model.num_layers == 1:
+        raise ConfigError("model.dropout acts between layers: it needs model.num_layers >= 2")
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """Plain values (enums as strings): what checkpoints and results carry."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -1,0 +1,570 @@
+"""Training and evaluation of the paper's experiments; ``train.py`` is the command line.
+
+A run lives in one directory: TensorBoard events, the checkpoints ``last.pt`` and ``best.pt``
+and ``results.json`` (Hydra adds ``.hydra/`` and ``train.log``). Starting a run in a directory
+that holds ``last.pt`` resumes it, exactly: the checkpoint carries the parameters, the
+optimizer, the running statistics, the random number generators, the position in the epoch
+(whose order is a function of the seed and the epoch) and a language model's carried state.
+
+The paper's procedure: model selection on the validation set (running statistics, saved to
+``best.pt``); then, with the best parameters, validation with batch statistics, population
+statistics re-estimated by ``torch.optim.swa_utils.update_bn`` over the training set, and
+validation and test with them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.optim.swa_utils import update_bn
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import data
+from data.sources import atomic_path
+
+from . import BNLSTM, LNLSTM, LSTM, SequenceBatchNorm
+from .cells import State
+from .config import ConfigError, Precision, check, to_dict
+from .models import CharLM, SequenceClassifier
+
+log = logging.getLogger(__name__)
+
+LAYERS = {"lstm": LSTM, "bnlstm": BNLSTM, "lnlstm": LNLSTM}
+OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam}
+# The validation metric that selects best.pt, and whether higher is better.
+SELECTION = {"classification": ("accuracy", True), "language_model": ("bpc", False)}
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message is one line."""
+
+
+def build_dataset(cfg: DictConfig, permutation: Tensor | None = None):
+    """The dataset of ``cfg.data``; pMNIST with the ``permutation`` a checkpoint saved."""
+    options = to_dict(cfg.data)
+    name = options.pop("name")
+    if options["root"] is not None:
+        options["root"] = Path(to_absolute_path(options["root"]))
+    if permutation is not None:
+        options["fixed_permutation"] = permutation
+    return getattr(data, name)(**options)
+
+
+def build_model(cfg: DictConfig, dataset) -> nn.Module:
+    """The recurrent layer of ``cfg.model`` inside the model the dataset's task needs."""
+    options = to_dict(cfg.model)
+    layer = LAYERS[options.pop("name")]
+    if options.get("max_length", 0) is None:
+        options["max_length"] = dataset.max_length
+    if dataset.task == "classification":
+        return SequenceClassifier(layer(dataset.input_size, batch_first=True, **options), dataset.num_classes)
+    return CharLM(layer(dataset.vocab_size, batch_first=True, **options), dataset.vocab_size)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    options = to_dict(cfg.optim)
+    optimizer = OPTIMIZERS[options.pop("name")]
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    return optimizer(model.parameters(), **options)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's data order: a function of (seed, epoch) only, so a resumed run
+    replays the order of the epoch it stopped in."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class Metrics:
+    """Sums over batches: the loss weighted by its number of targets, and correct answers."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.loss_sum = 0.0
+        self.count = 0
+        self.correct = 0
+
+    def add(self, logits: Tensor, targets: Tensor, loss: Tensor) -> None:
+        if self.task == "classification":
+            count = len(targets)
+            self.correct += int((logits.argmax(-1) == targets).sum())
+        else:
+            count = int((targets != data.IGNORE_INDEX).sum())
+        self.loss_sum += float(loss) * count
+        self.count += count
+
+    def summary(self) -> dict[str, float]:
+        loss = self.loss_sum / max(self.count, 1)
+        if self.task == "classification":
+            return {"loss": loss, "accuracy": self.correct / max(self.count, 1)}
+        return {"loss": loss, "bpc": data.bits_per_character(loss)}
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # the current epoch, from 0
+    epoch_step: int = 0  # batches of the current epoch trained on
+    best: float | None = None  # the selection metric of best.pt
+    best_step: int = 0
+    train_seconds: float = 0.0
+
+
+class _CarriedState(nn.Module):
+    """A language model read segment after segment with its state carried, as in training:
+    what ``update_bn`` must see, or the first timesteps' statistics would be those of a zero
+    state that evaluation never has."""
+
+    def __init__(self, model: CharLM) -> None:
+        super().__init__()
+        self.model = model
+        self.state = None
+
+    def forward(self, inputs: Tensor) -> None:
+        _, _, state = self.model(inputs, state=self.state)
+        self.state = tuple(s.detach() for s in state)
+
+
+@dataclass
+class _Interval:
+    """Training metrics since the last log line."""
+
+    metrics: Metrics
+    first_step: int
+    grad_norm_sum: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path | str) -> None:
+        check(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.trainer.device)
+        self.precision = torch.bfloat16 if cfg.trainer.precision == Precision.bf16 else None
+        checkpoint = self._load("last")
+        torch.manual_seed(cfg.seed)
+        self.dataset = build_dataset(cfg, checkpoint["permutation"] if checkpoint else None)
+        self.task = self.dataset.task
+        self.model = build_model(cfg, self.dataset).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.progress = Progress()
+        self.carry: State | None = None  # a language model's state between segments
+        self.stop_requested = False
+        if checkpoint:
+            self._restore(checkpoint)
+            log.info("resuming %s at step %d (epoch %d)", self.run_dir, self.progress.step, self.progress.epoch + 1)
+        # Events after the resumed step, from an attempt that went further, are discarded.
+        self.writer = SummaryWriter(self.run_dir, purge_step=self.progress.step + 1)
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Trains to the end, evaluates, writes results.json; returns the results."""
+        results_path = self.run_dir / "results.json"
+        if results_path.is_file() and json.loads(results_path.read_text()).get("status") == "finished":
+            log.info("%s has already finished; its results are in %s", self.run_dir, results_path)
+            return json.loads(results_path.read_text())
+        self._write_hparams_start()
+        try:
+            self.fit()
+        except _Diverged as error:
+            log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
+            return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error)})
+        results = self.final_evaluation()
+        self.writer.close()
+        return results
+
+    def fit(self) -> None:
+        """Trains until max_epochs or max_steps, validating every eval_interval steps (or at
+        each epoch's end) and saving last.pt (and best.pt when validation improves). Ctrl-C
+        stops after the current step: last.pt is saved and the process exits with 130."""
+        bar = self._progress_bar()
+        with bar, logging_redirect_tqdm(), self._stop_on_sigint():
+            try:
+                self._train_epochs(bar)
+            except _StopRequested:
+                self.save("last")
+                log.warning("interrupted at step %d; saved %s. Run the same command to resume", self.progress.step, self.run_dir / "last.pt")
+                raise SystemExit(130) from None
+
+    def _train_epochs(self, bar: tqdm) -> None:
+        trainer, progress = self.cfg.trainer, self.progress
+        validated = progress.step
+        while progress.epoch < trainer.max_epochs and not self._at_step_limit():
+            for inputs, targets in self._remaining_batches():
+                self._train_step(inputs, targets, bar)
+                if self.stop_requested:
+                    raise _StopRequested
+                if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
+                    self.validate()
+                    validated = progress.step
+                if self._at_step_limit():
+                    break
+            else:
+                progress.epoch += 1
+                progress.epoch_step = 0
+                self.carry = None  # the next epoch starts at a new offset: no continuity
+                if trainer.eval_interval is None:
+                    self.validate()
+                    validated = progress.step
+        if validated != progress.step:
+            self.validate()
+
+    def _at_step_limit(self) -> bool:
+        return self.cfg.trainer.max_steps is not None and self.progress.step >= self.cfg.trainer.max_steps
+
+    def _remaining_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.progress.epoch))
+        batches = self.dataset.batches("train", self.cfg.trainer.batch_size, generator)
+        return itertools.islice(batches, self.progress.epoch_step, None)
+
+    def _train_step(self, inputs: Tensor, targets: Tensor, bar: tqdm) -> None:
+        started = time.perf_counter()
+        self.model.train()
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        with self._autocast():
+            logits, loss, self.carry = self._forward(inputs, targets, self.carry)
+        if not torch.isfinite(loss):
+            raise _Diverged(f"the training loss is {float(loss)} at step {self.progress.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.trainer.clip_grad_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else math.inf)
+        if not torch.isfinite(grad_norm):
+            raise _Diverged(f"the gradient norm is {float(grad_norm)} at step {self.progress.step + 1}")
+        self.optimizer.step()
+        self.progress.step += 1
+        self.progress.epoch_step += 1
+        self.progress.train_seconds += time.perf_counter() - started
+        self._log_train(logits.detach(), targets, loss.detach(), grad_norm, bar)
+
+    def _forward(self, inputs: Tensor, targets: Tensor, state: State | None) -> tuple[Tensor, Tensor, State | None]:
+        """Logits, loss and, for a language model, its final state (detached) to carry."""
+        if self.task == "classification":
+            return *self.model(inputs, targets), None
+        logits, loss, state = self.model(inputs, targets, state)
+        return logits, loss, tuple(s.detach() for s in state)
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, split: str, batch_statistics: bool = False) -> dict[str, float]:
+        """Loss and accuracy (or bits per character) on a split, in eval mode: normalized with
+        running or population statistics, or with each batch's statistics if asked."""
+        self.model.eval()
+        metrics = Metrics(self.task)
+        state = None
+        batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
+        with self._autocast(), (self._batch_statistics() if batch_statistics else _nothing()):
+            for inputs, targets in batches:
+                if batch_statistics and len(targets) < 2:
+                    continue  # a last batch of one sequence has no batch statistics
+                inputs, targets = inputs.to(self.device), targets.to(self.device)
+                logits, loss, state = self._forward(inputs, targets, state)
+                metrics.add(logits, targets, loss)
+        return metrics.summary()
+
+    def validate(self) -> None:
+        """Validation at the current step: scalars, gain histograms, a text sample, and the
+        checkpoints. It draws no random numbers from the training generators, so a resumed
+        run that skips it stays exact."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            metrics = self.evaluate("valid")
+            step = self.progress.step
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"valid/{name}", value, step)
+            self._log_gains(step)
+            if self.task == "language_model" and self.cfg.trainer.sample_length:
+                self.writer.add_text("samples", self._sample(), step)
+        log.info("step %d valid %s", step, _format(metrics))
+        name, higher_is_better = SELECTION[self.task]
+        value = metrics[name]
+        best = self.progress.best
+        improved = best is None or (value > best if higher_is_better else value < best)
+        if improved:
+            self.progress.best, self.progress.best_step = value, step
+        self.save("last")
+        if improved:
+            with atomic_path(self.run_dir / "best.pt") as tmp:
+                shutil.copyfile(self.run_dir / "last.pt", tmp)
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """The paper's test procedure with the parameters of best.pt."""
+        best = self._load("best")
+        if best is not None:
+            self.model.load_state_dict(best["model"])
+        results: dict[str, Any] = {"status": "finished", "step": self.progress.step, "best_step": self.progress.best_step}
+        if self._has_batch_norm():
+            results["valid_batch_statistics"] = self.evaluate("valid", batch_statistics=True)
+            self.estimate_population_statistics()
+        results["valid"] = self.evaluate("valid")
+        results["test"] = self.evaluate("test")
+        if not self._has_batch_norm():
+            results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
+        results["train_seconds"] = round(self.progress.train_seconds, 3)
+        for key in ("valid_batch_statistics", "valid", "test"):
+            for name, value in results[key].items():
+                self.writer.add_scalar(f"final/{key}_{name}", value, self.progress.step)
+        self.writer.file_writer.add_summary(hparams({}, {}, None)[2])  # session end: finished
+        log.info("test %s (valid %s)", _format(results["test"]), _format(results["valid"]))
+        return self._write_results(results)
+
+    def estimate_population_statistics(self) -> None:
+        """update_bn over the training set in training order, with a language model's state
+        carried between segments; ``limit_eval_batches`` caps the pass."""
+        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, 0))
+        batches = self.dataset.batches("train", self.cfg.trainer.batch_size, generator)
+        batches = itertools.islice(batches, self.cfg.trainer.limit_eval_batches)
+        model = self.model if self.task == "classification" else _CarriedState(self.model)
+        with self._autocast():
+            update_bn(batches, model, device=self.device)
+
+    def _has_batch_norm(self) -> bool:
+        return any(isinstance(m, SequenceBatchNorm) for m in self.model.modules())
+
+    @contextmanager
+    def _batch_statistics(self) -> Iterator[None]:
+        """Batch normalization with each batch's statistics, as in training, leaving the
+        running statistics as they were."""
+        norms = [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)]
+        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+        for m in norms:
+            m.train()
+        try:
+            yield
+        finally:
+            for m, state in zip(norms, saved):
+                m.load_state_dict(state)
+                m.eval()
+
+    def _sample(self) -> str:
+        """A continuation of the validation text's first characters, sampled from the model."""
+        length = self.cfg.trainer.sample_length
+        prompt = self.dataset.splits["valid"][: min(length // 4 + 1, length)].long().to(self.device)
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        with self._autocast():
+            text = self.model.sample(prompt, length, generator)
+        return self.dataset.decode(text)
+
+    # --- logging -------------------------------------------------------------------------
+
+    def _progress_bar(self) -> tqdm:
+        epoch_length = _epoch_length(self.dataset, self.cfg.trainer.batch_size)
+        total = self.cfg.trainer.max_epochs * epoch_length
+        if self.cfg.trainer.max_steps is not None:
+            total = min(total, self.cfg.trainer.max_steps)
+        self._total_steps = total
+        self._interval = _Interval(Metrics(self.task), self.progress.step)
+        show = self.cfg.trainer.progress_bar and sys.stderr.isatty()
+        return tqdm(total=total, initial=self.progress.step, unit="step", dynamic_ncols=True, disable=not show)
+
+    def _log_train(self, logits: Tensor, targets: Tensor, loss: Tensor, grad_norm: Tensor, bar: tqdm) -> None:
+        """Every log_interval steps: the interval's means to TensorBoard, and to the progress
+        bar, or as a line with throughput and ETA when there is no terminal."""
+        interval, step = self._interval, self.progress.step
+        interval.metrics.add(logits, targets, loss)
+        interval.grad_norm_sum += float(grad_norm)
+        bar.update(1)
+        if step % self.cfg.trainer.log_interval:
+            return
+        steps = step - interval.first_step
+        steps_per_second = steps / (time.perf_counter() - interval.started)
+        summary = interval.metrics.summary()
+        scalars = {
+            **summary,
+            "grad_norm": interval.grad_norm_sum / steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "steps_per_second": steps_per_second,
+        }
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+        bar.set_postfix(summary, refresh=False)
+        if bar.disable:
+            remaining = max(self._total_steps - step, 0) / steps_per_second
+            log.info(
+                "step %d/%d epoch %d train %s | %.2f steps/s | ETA %s",
+                step, self._total_steps, self.progress.epoch + 1, _format(summary), steps_per_second,
+                time.strftime("%H:%M:%S", time.gmtime(remaining)),
+            )
+        self._interval = _Interval(Metrics(self.task), step)
+
+    def _log_gains(self, step: int) -> None:
+        """Histograms of the normalization gains and shifts (BN: gamma, beta; LN: weight, bias)."""
+        for name, module in self.model.named_modules():
+            if isinstance(module, (SequenceBatchNorm, nn.LayerNorm)):
+                for parameter_name, parameter in module.named_parameters():
+                    self.writer.add_histogram(f"gains/{name}.{parameter_name}", parameter.detach().float().cpu(), step)
+
+    def _write_hparams_start(self) -> None:
+        """The hparams plugin's experiment and session start, in this run's own event file
+        (SummaryWriter.add_hparams would make a separate run): a sweep is one table."""
+        flat = _flatten(to_dict(self.cfg))
+        flat["experiment"] = str(self._describe()["experiment"])
+        names = ["valid_batch_statistics", "valid", "test"]
+        metric = SELECTION[self.task][0]
+        metrics = {f"final/{key}_{name}": 0.0 for key in names for name in ("loss", metric)}
+        experiment, session_start, _ = hparams(flat, metrics)
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(session_start)
+
+    def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
+        results = {**results, "run": self._describe()}
+        with atomic_path(self.run_dir / "results.json") as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        self.writer.flush()
+        return results
+
+    def _describe(self) -> dict[str, Any]:
+        """What compare.py groups runs by: the experiment preset Hydra chose (if under Hydra),
+        model, data, seed and the command line's overrides."""
+        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+        cfg = self.cfg
+        return {
+            "experiment": hydra.runtime.choices.get("experiment") if hydra else None,
+            "model": cfg.model.name, "data": cfg.data.name, "optim": cfg.optim.name, "seed": cfg.seed,
+            "overrides": list(hydra.overrides.task) if hydra else [],
+        }
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self, name: str) -> None:
+        """Writes ``name``.pt atomically: state dicts, plain values and tensors only."""
+        cuda = self.device.type == "cuda"
+        checkpoint = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "carry": list(self.carry) if self.carry is not None else None,
+            "permutation": getattr(self.dataset, "permutation", None),
+            "config": to_dict(self.cfg),
+        }
+        with atomic_path(self.run_dir / f"{name}.pt") as tmp:
+            torch.save(checkpoint, tmp)
+
+    def _load(self, name: str) -> dict[str, Any] | None:
+        path = self.run_dir / f"{name}.pt"
+        if not path.is_file():
+            return None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # any unreadable file: truncated, corrupt, not a checkpoint
+            raise RunError(f"{path} is unreadable ({type(error).__name__}); move it away to start this run over") from None
+        saved, current = dict(checkpoint["config"]), to_dict(self.cfg)
+        # The trainer's options (device, limits, intervals) may change between attempts.
+        saved.pop("trainer"), current.pop("trainer")
+        if saved != current:
+            differences = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in _diff(saved, current).items())
+            raise RunError(f"{self.run_dir} holds a run with another config ({differences}); use another run directory")
+        return checkpoint
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.progress = Progress(**checkpoint["progress"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"]["cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if checkpoint["carry"] is not None:
+            self.carry = tuple(s.to(self.device) for s in checkpoint["carry"])
+
+    # --- context ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.precision is None:
+            return _nothing()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    @contextmanager
+    def _stop_on_sigint(self) -> Iterator[None]:
+        """The first Ctrl-C asks to stop after the current step; a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame) -> None:
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+            log.warning("stopping after this step (Ctrl-C again to stop at once, without a checkpoint)")
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Diverged(Exception):
+    pass
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _epoch_length(dataset, batch_size: int) -> int:
+    """Batches per training epoch (for a corpus, at offset 0; a random offset may drop one)."""
+    if dataset.task == "classification":
+        return math.ceil(len(dataset) / batch_size)
+    return max((len(dataset) - 1) // (batch_size * dataset.segment_length), 1)
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"hidden_size": 100}} -> {"model.hidden_size": 100}, values the hparams
+    plugin accepts (numbers, strings, booleans)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    old, new = _flatten(old), _flatten(new)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
