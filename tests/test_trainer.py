@@ -1,0 +1,219 @@
+"""The trainer, in process, on tiny in-memory data (the ``tiny_data`` fixture)."""
+
+import json
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from trainer_helpers import TINY, TINY_TEXT, compose_config
+
+import data
+import rbn
+from rbn.trainer import RunError, Trainer, epoch_seed
+
+pytestmark = pytest.mark.usefixtures("tiny_data")
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+    """Sends Ctrl-C (SIGINT) to this process while training step ``step`` runs."""
+    train_step = Trainer._train_step
+
+    def step_then_interrupt(self, *args):
+        if self.progress.step == step - 1:
+            signal.raise_signal(signal.SIGINT)
+        train_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
+
+
+@pytest.mark.parametrize(
+    "overrides, stop",
+    [
+        (TINY, 4),  # BN-LSTM on seqMNIST: h0 noise draws from the generator
+        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 7),  # carried state, mid-epoch
+        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
+        ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
+    ],
+    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "lnlstm-dropout"],
+)
+def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
+    cfg = compose_config(*overrides)
+    Trainer(cfg, tmp_path / "whole").run()
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        interrupt_at(patch, stop)
+        Trainer(cfg, tmp_path / "resumed").run()
+    assert load(tmp_path / "resumed" / "last.pt")["progress"]["step"] == stop
+    Trainer(cfg, tmp_path / "resumed").run()
+    whole, resumed = load(tmp_path / "whole" / "last.pt"), load(tmp_path / "resumed" / "last.pt")
+    for progress in whole["progress"], resumed["progress"]:
+        progress.pop("train_seconds")
+    assert whole["progress"] == resumed["progress"]
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert str(whole["optimizer"]) == str(resumed["optimizer"])
+    results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("whole", "resumed")]
+    assert results[0]["test"] == results[1]["test"]
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(SystemExit) as stopped:
+        Trainer(compose_config(*TINY), tmp_path).run()
+    assert stopped.value.code == 130
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 2
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    train_step = Trainer._train_step
+
+    def interrupt_twice(self, *args):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        train_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupt_twice)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(compose_config(*TINY), tmp_path).run()
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    forward = rbn.models.SequenceClassifier.forward
+    calls = []
+
+    def nan_from_the_fifth_step(self, inputs, targets=None):
+        logits, loss = forward(self, inputs, targets)
+        if self.training:
+            calls.append(1)
+            if len(calls) >= 5:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(rbn.models.SequenceClassifier, "forward", nan_from_the_fifth_step)
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert results["status"] == "diverged"
+    assert "loss is nan at step 5" in results["error"]
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 3  # the validation at step 3 saved it
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
+
+
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    cfg = compose_config(*TINY_TEXT)
+    first = Trainer(cfg, tmp_path).run()
+    modified = (tmp_path / "last.pt").stat().st_mtime_ns
+    assert Trainer(cfg, tmp_path).run() == first
+    assert (tmp_path / "last.pt").stat().st_mtime_ns == modified
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    with pytest.raises(RunError, match=r"another config \(model.hidden_size: 4 -> 5\)"):
+        Trainer(compose_config(*TINY_TEXT, "model.hidden_size=5"), tmp_path)
+
+
+def test_the_trainers_options_may_change_on_resume(tmp_path):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    results = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path)
+    assert results.progress.step == 6
+
+
+def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="last.pt is unreadable") as error:
+        Trainer(compose_config(*TINY_TEXT), tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_best_checkpoint_holds_the_step_with_the_best_validation(tmp_path):
+    cfg = compose_config(*TINY_TEXT, "trainer.max_steps=12", "trainer.eval_interval=2")
+    results = Trainer(cfg, tmp_path).run()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    validation = {e.step: e.value for e in events.Scalars("valid/bpc")}
+    best_step = min(validation, key=validation.get)
+    assert results["best_step"] == best_step
+    assert load(tmp_path / "best.pt")["progress"]["step"] == best_step
+
+
+def test_validation_with_batch_statistics_leaves_running_statistics_unchanged(tmp_path):
+    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
+    trainer.fit()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with_batch_statistics = trainer.evaluate("valid", batch_statistics=True)
+    with_running_statistics = trainer.evaluate("valid")
+    assert with_batch_statistics != with_running_statistics
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_population_statistics_of_a_language_model_see_the_carried_state(tmp_path):
+    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
+    trainer.estimate_population_statistics()
+    first_step_variance = trainer.model.recurrent.bn_h_l0.running_var[0]
+    assert first_step_variance.min() > 1e-6
+    # Control: from a zero state, W_h h_{-1} has no variance at the first step.
+    torch.optim.swa_utils.update_bn(trainer.dataset.batches("train", 4), trainer.model)
+    assert trainer.model.recurrent.bn_h_l0.running_var[0].max() == 0
+
+
+def test_final_results_report_batch_and_population_statistics(tmp_path):
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert results["status"] == "finished"
+    for key in ("valid_batch_statistics", "valid", "test"):
+        assert set(results[key]) == {"loss", "accuracy"}
+        assert 0 <= results[key]["accuracy"] <= 1
+    assert results["valid_batch_statistics"] != results["valid"]
+    assert results["run"] == {"experiment": None, "model": "bnlstm", "data": "seqmnist", "optim": "rmsprop", "seed": 0, "overrides": []}
+
+
+def test_population_statistics_average_every_training_batch(tmp_path):
+    trainer = Trainer(compose_config(*TINY, "trainer.limit_eval_batches=null"), tmp_path)
+    trainer.estimate_population_statistics()
+    assert trainer.model.recurrent.bn_c_l0.num_batches_tracked.tolist() == [3] * 784  # 12 images / 4
+
+
+def test_events_hold_scalars_gain_histograms_hparams_and_samples(tmp_path):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/bpc", "train/lr", "train/grad_norm", "train/steps_per_second", "valid/bpc", "final/test_bpc"} <= set(tags["scalars"])
+    assert "gains/recurrent.bn_h_l0.gamma" in tags["histograms"]
+    assert "samples/text_summary" in tags["tensors"]
+    assert set(events.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+
+
+def test_layer_norm_gains_are_in_the_histograms(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "model=lnlstm"), tmp_path).run()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert {"gains/recurrent.ln_x_l0.weight", "gains/recurrent.ln_c_l0.bias"} <= set(events.Tags()["histograms"])
+
+
+def test_bf16_autocast_trains(tmp_path):
+    results = Trainer(compose_config(*TINY_TEXT, "trainer.precision=bf16"), tmp_path).run()
+    assert results["status"] == "finished"
+    assert torch.isfinite(torch.tensor(results["test"]["bpc"]))
+
+
+def test_pmnist_keeps_the_permutation_its_checkpoint_saved(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY, "experiment=pmnist")
+    monkeypatch.setattr(Trainer, "_train_step", lambda *args: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(SystemExit):
+        Trainer(cfg, tmp_path).run()
+    saved = load(tmp_path / "last.pt")["permutation"]
+    assert torch.equal(saved, data.permutation(0))
+    monkeypatch.setattr(data, "permutation", lambda seed: torch.arange(784))  # as if randperm changed
+    assert torch.equal(Trainer(cfg, tmp_path).dataset.permutation, saved)
+
+
+def test_each_epoch_has_its_own_data_order_fixed_by_the_seed():
+    seeds = {epoch_seed(seed, epoch) for seed in range(3) for epoch in range(3)}
+    assert len(seeds) == 9
+    assert epoch_seed(1, 2) == epoch_seed(1, 2)

@@ -1,0 +1,43 @@
+"""Configs and tiny in-memory datasets for the trainer's tests."""
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+import data
+import rbn.config  # noqa: F401  (registers the schemas)
+from data.text import build_corpus
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# Small enough for milliseconds per step; every trainer feature still runs.
+TINY = [
+    "model.hidden_size=4", "trainer.batch_size=4", "trainer.max_steps=6", "trainer.eval_interval=3",
+    "trainer.limit_eval_batches=2", "trainer.log_interval=2", "trainer.sample_length=12", "trainer.progress_bar=false",
+]
+TINY_TEXT = ["experiment=shakespeare", "data.segment_length=8", *TINY]
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny_mnist(root, source, download):
+    generator = torch.Generator().manual_seed(0)
+    sizes = {"train": 12, "valid": 6, "test": 6}
+    return {
+        split: (torch.randint(256, (n, 784), generator=generator, dtype=torch.uint8), torch.randint(10, (n,), generator=generator))
+        for split, n in sizes.items()
+    }
+
+
+def tiny_text(root=None, segment_length=100, download=True):
+    words = "to be or not that is the question whether tis nobler in mind suffer".split()
+    generator = torch.Generator().manual_seed(0)
+
+    def text(n: int) -> str:
+        return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
+
+    return build_corpus({"train": text(90), "valid": text(30), "test": text(30)}, segment_length)
