@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test bench data clean
+.PHONY: train test bench data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 # tests that need them are skipped with the reason, so a failed fetch does not stop the run.
 data: $(VENV)/.installed
 	-$(BIN)/python -m data.fetch
+
+# The main job: make train ARGS="experiment=shakespeare model=lnlstm" (default: BN-LSTM on seqMNIST).
+train: data
+	$(BIN)/python train.py $(ARGS)
 
 test: data
 	$(BIN)/python -m pytest

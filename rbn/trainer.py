@@ -141,6 +141,7 @@ class Progress:
     epoch_step: int = 0  # batches of the current epoch trained on
     best: float | None = None  # the selection metric of best.pt
     best_step: int = 0
+    validated_step: int = 0
     train_seconds: float = 0.0
 
 
@@ -228,15 +229,14 @@ class Trainer:
 
     def _train_epochs(self, bar: tqdm) -> None:
         trainer, progress = self.cfg.trainer, self.progress
-        validated = progress.step
         while progress.epoch < trainer.max_epochs and not self._at_step_limit():
             for inputs, targets in self._remaining_batches():
                 self._train_step(inputs, targets, bar)
-                if self.stop_requested:
-                    raise _StopRequested
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
                     self.validate()
-                    validated = progress.step
+                # After the validation that is due, so that a resumed run has nothing to redo.
+                if self.stop_requested:
+                    raise _StopRequested
                 if self._at_step_limit():
                     break
             else:
@@ -245,8 +245,7 @@ class Trainer:
                 self.carry = None  # the next epoch starts at a new offset: no continuity
                 if trainer.eval_interval is None:
                     self.validate()
-                    validated = progress.step
-        if validated != progress.step:
+        if progress.validated_step != progress.step:
             self.validate()
 
     def _at_step_limit(self) -> bool:
@@ -320,6 +319,7 @@ class Trainer:
         value = metrics[name]
         best = self.progress.best
         improved = best is None or (value > best if higher_is_better else value < best)
+        self.progress.validated_step = step
         if improved:
             self.progress.best, self.progress.best_step = value, step
         self.save("last")

@@ -37,9 +37,10 @@ def interrupt_at(monkeypatch, step: int) -> None:
         (TINY, 4),  # BN-LSTM on seqMNIST: h0 noise draws from the generator
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 7),  # carried state, mid-epoch
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
+        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # at the last step, a validation due
         ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
     ],
-    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "lnlstm-dropout"],
+    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout"],
 )
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
     cfg = compose_config(*overrides)
