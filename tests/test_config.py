@@ -78,12 +78,13 @@ def test_presets_pin_the_papers_hyperparameters(experiment):
         assert cfg.optim.momentum == 0.9
 
 
-def test_h0_noise_is_for_bnlstm_on_seqmnist_only():
+def test_h0_noise_is_for_the_normalized_models_where_black_pixels_zero_their_variance():
     noise = {
         (experiment, model): compose_config(f"experiment={experiment}", f"model={model}").model.h0_noise_std
         for experiment in EXPERIMENTS for model in MODELS
     }
-    assert {key for key, value in noise.items() if value} == {("seqmnist", "bnlstm")}
+    noisy = {key for key, value in noise.items() if value}
+    assert noisy == {("seqmnist", "bnlstm"), ("seqmnist", "lnlstm"), ("pmnist", "lnlstm")}
 
 
 def test_the_optimizer_can_be_swapped_within_a_preset():
