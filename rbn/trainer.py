@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,9 +201,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Trains to the end, evaluates, writes results.json; returns the results."""
         results_path = self.run_dir / "results.json"
-        if results_path.is_file() and json.loads(results_path.read_text()).get("status") == "finished":
+        previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        if previous.get("status") == "finished":
             log.info("%s has already finished; its results are in %s", self.run_dir, results_path)
-            return json.loads(results_path.read_text())
+            return previous
         self._write_hparams_start()
         try:
             self.fit()
@@ -293,7 +294,7 @@ class Trainer:
         metrics = Metrics(self.task)
         state = None
         batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
-        with self._autocast(), (self._batch_statistics() if batch_statistics else _nothing()):
+        with self._autocast(), (self._batch_statistics() if batch_statistics else nullcontext()):
             for inputs, targets in batches:
                 if batch_statistics and len(targets) < 2:
                     continue  # a last batch of one sequence has no batch statistics
@@ -516,7 +517,7 @@ class Trainer:
 
     def _autocast(self):
         if self.precision is None:
-            return _nothing()
+            return nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
     @contextmanager
@@ -540,11 +541,6 @@ class Trainer:
 
 class _Diverged(Exception):
     pass
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _epoch_length(dataset, batch_size: int) -> int:
