@@ -204,7 +204,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.clip_grad_norm must be positive or null, got {trainer.clip_grad_norm}")
     if trainer.sample_length < 0:
         raise ConfigError(f"trainer.sample_length must be >= 0, got {trainer.sample_length}")
-    language_model = isinstance(cfg.data, DictConfig) and OmegaConf.get_type(cfg.data) is TextConfig
+    language_model = OmegaConf.get_type(cfg.data) is TextConfig
     if language_model and model.bidirectional:
         raise ConfigError("a bidirectional model cannot be a language model: it would read the characters it predicts")
     if model.name == "bnlstm" and trainer.batch_size < 2:
