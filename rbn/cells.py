@@ -6,7 +6,11 @@ cell has:
 
 - ``input_term(x, batch_sizes)``: everything that does not depend on h_{t-1}, for all T
   timesteps at once: x (T, B, I) -> (T, B, 4H);
-- ``cell(x_t, (h, c), t) -> (h, c)``: one recurrent step;
+- ``probe(t, batch)``: step t of the tensor that carries W_h's gradient (see
+  ``defer_weight_gradient``), or None; taken outside the step, so that a compiled step never
+  indexes a Python sequence by t;
+- ``cell(x_t, (h, c), t, probe_t) -> (h, c)``: one recurrent step;
+- ``keep_hidden(h_prev)``: called after the loop with h_{t-1} of every step;
 - ``update_running_stats(batch_sizes)``: called after the loop in training mode.
 
 Gates are laid out as in ``torch.nn.LSTM``: (i, f, g, o), each block ``hidden_size`` rows.
@@ -42,7 +46,8 @@ class _RecurrentWeightGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, probe: Tensor, weight_hh: Tensor, hidden: list[Tensor]) -> Tensor:
-        ctx.hidden = hidden  # h_{t-1} of every step, appended by the steps after this call
+        ctx.hidden = hidden  # h_{t-1} of every step, filled by ``keep_hidden`` after the loop
+        ctx.weight_dtype = weight_hh.dtype
         return probe.view_as(probe)
 
     @staticmethod
@@ -50,9 +55,9 @@ class _RecurrentWeightGradient(torch.autograd.Function):
     def backward(ctx, d_probe: Tensor):
         # Sequences that ended leave the batch: their rows of h are zero-padded here, and
         # their rows of d_probe are zero since those steps never ran.
-        h_prev = pad_sequence(ctx.hidden, batch_first=True)
+        h_prev = pad_sequence(ctx.hidden, batch_first=True).to(d_probe.dtype)  # bf16 under autocast
         weight_grad = d_probe.flatten(0, 1).t() @ h_prev.flatten(0, 1)
-        return d_probe, weight_grad, None
+        return d_probe, weight_grad.to(ctx.weight_dtype), None
 
 
 @dataclass
@@ -90,9 +95,13 @@ class Cell:
 
     def recurrent(self, h: Tensor, probe_t: Tensor | None) -> Tensor:
         """W_h h_{t-1} + probe_t."""
-        if self.hidden is not None:
-            self.hidden.append(h.detach())
         return h @ self.weight_hh_t if probe_t is None else torch.addmm(probe_t, h, self.weight_hh_t)
+
+    def keep_hidden(self, h_prev: list[Tensor]) -> None:
+        """Hands the deferred gradient h_{t-1} of every step. After the loop, not inside the
+        step: a compiled step that appended to a list would recompile at every length."""
+        if self.hidden is not None:
+            self.hidden.extend(h.detach() for h in h_prev)
 
     def zero_probes(self, like: Tensor) -> None:
         """A zero probe, for cells that normalize W_h h_{t-1} before adding anything to it."""
@@ -100,8 +109,9 @@ class Cell:
         if self.hidden is not None:
             self.probes = probe.unbind(0)
 
-    def zero_probe(self, t: int, batch: int) -> Tensor | None:
-        """Step t of the zero probe, or None when W_h's gradient is not deferred."""
+    def probe(self, t: int, batch: int) -> Tensor | None:
+        """Step t of the zero probe, or None when W_h's gradient is not deferred (or, as in
+        ``LSTMCell``, the input term itself is the probe)."""
         return None if self.probes is None else self.probes[t][:batch]
 
     def update_running_stats(self, batch_sizes: list[int]) -> None:
@@ -125,7 +135,7 @@ class LSTMCell(Cell):
         # W_h h_{t-1} is added to this term unchanged, so it carries W_h's gradient.
         return self.defer_weight_gradient(F.linear(x, self.weight_ih, bias))
 
-    def __call__(self, x_t: Tensor, state: State, t: int) -> State:
+    def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
         o, c = lstm_memory(self.recurrent(h, x_t), c)
         return o * torch.tanh(c), c
@@ -154,9 +164,9 @@ class BNLSTMCell(Cell):
         self.zero_probes(wx)
         return self.bn_x(wx, batch_sizes, shift=self.bias)
 
-    def __call__(self, x_t: Tensor, state: State, t: int) -> State:
+    def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
-        w_h = self.recurrent(h, self.zero_probe(t, len(h)))
+        w_h = self.recurrent(h, probe_t)
         o, c = lstm_memory(x_t + self.bn_h.step(w_h, t), c)
         return o * torch.tanh(self.bn_c.step(c, t)), c
 
@@ -188,8 +198,8 @@ class LNLSTMCell(Cell):
         term = self.ln_x(wx)
         return term if self.bias is None else term + self.bias
 
-    def __call__(self, x_t: Tensor, state: State, t: int) -> State:
+    def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
-        w_h = self.recurrent(h, self.zero_probe(t, len(h)))
+        w_h = self.recurrent(h, probe_t)
         o, c = lstm_memory(x_t + self.ln_h(w_h), c)
         return o * torch.tanh(self.ln_c(c)), c

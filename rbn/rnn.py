@@ -190,8 +190,9 @@ class Recurrent(nn.Module):
                 h, c = h[:n], c[:n]
             if n < len(x_t):
                 x_t = x_t[:n]
-            h, c = self._step(cell, x_t, (h, c), t)
+            h, c = self._step(cell, x_t, (h, c), t, cell.probe(t, n))
             outputs.append(h)
+        cell.keep_hidden([state[0], *outputs[:-1]])
         if self.training:
             cell.update_running_stats(batch_sizes)
         ended.append((h, c))

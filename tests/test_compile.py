@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+import torch._dynamo
 
 from conftest import make
 
 
 @pytest.mark.slow
-def test_compiled_step_matches_eager(layer_name):
+def test_compiled_step_matches_eager(layer_name, weight_gradient):
+    torch._dynamo.reset()
     eager = make(layer_name, bidirectional=True)
     compiled = make(layer_name, bidirectional=True, compile=True)
     compiled.load_state_dict(eager.state_dict())
@@ -22,3 +24,12 @@ def test_compiled_step_matches_eager(layer_name):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
     for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):
         torch.testing.assert_close(c, b, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_a_few_times_not_once_per_timestep(layer_name, weight_gradient):
+    torch._dynamo.reset()
+    model = make(layer_name, compile=True, **({"max_length": 16} if layer_name == "BNLSTM" else {}))
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # the limit is 8
+        for steps in (12, 20):
+            model(torch.randn(steps, 3, 3))[0].sum().backward()

@@ -41,15 +41,6 @@ def test_gradients_are_exact_with_shared_input_statistics():
     check(model, torch.randn(5, 4, 2))
 
 
-@pytest.fixture(params=["deferred", "per_step"])
-def weight_gradient(request, monkeypatch):
-    """W_h's gradient as one GEMM over all steps, or a GEMM per step, whatever the size."""
-    threshold = 0 if request.param == "deferred" else 10**9
-    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
-        monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
-    return request.param
-
-
 def test_gradients_are_exact_either_way_of_computing_the_recurrent_weight_gradient(layer_name, weight_gradient):
     model = make(layer_name, input_size=2, hidden_size=2, bidirectional=True)
     check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))

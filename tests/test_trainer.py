@@ -13,6 +13,7 @@ import rbn
 from rbn.trainer import RunError, Trainer, epoch_seed
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def load(path):
@@ -39,8 +40,9 @@ def interrupt_at(monkeypatch, step: int) -> None:
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # at the last step, a validation due
         ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
+        pytest.param([*TINY, "trainer.device=cuda"], 4, marks=NEEDS_CUDA),  # the CUDA generator is saved too
     ],
-    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout"],
+    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "cuda"],
 )
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
     cfg = compose_config(*overrides)
@@ -197,8 +199,10 @@ def test_layer_norm_gains_are_in_the_histograms(tmp_path):
     assert {"gains/recurrent.ln_x_l0.weight", "gains/recurrent.ln_c_l0.bias"} <= set(events.Tags()["histograms"])
 
 
-def test_bf16_autocast_trains(tmp_path):
-    results = Trainer(compose_config(*TINY_TEXT, "trainer.precision=bf16"), tmp_path).run()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+@pytest.mark.parametrize("model", ["lstm", "bnlstm", "lnlstm"])
+def test_bf16_autocast_trains(tmp_path, device, model, weight_gradient):
+    results = Trainer(compose_config(*TINY_TEXT, f"model={model}", f"trainer.device={device}", "trainer.precision=bf16"), tmp_path).run()
     assert results["status"] == "finished"
     assert torch.isfinite(torch.tensor(results["test"]["bpc"]))
 
