@@ -211,7 +211,11 @@ class Trainer:
         except _Diverged as error:
             log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
             return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error)})
-        results = self.final_evaluation()
+        try:
+            results = self.final_evaluation()
+        except KeyboardInterrupt:
+            log.warning("interrupted during the final evaluation; run the same command to evaluate again")
+            raise SystemExit(130) from None
         self.writer.close()
         return results
 

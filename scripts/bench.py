@@ -58,16 +58,22 @@ def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def bench_shape(name: str, device: torch.device, rounds: int, compile: bool) -> list[dict]:
+def bench_shape(name: str, device: torch.device, rounds: int, compile: bool, cuda_graphs: bool) -> list[dict]:
     batch, steps, input_size, hidden = SHAPES[name]
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
     models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device)}
+    first_call = {}
     for layer, make in LAYERS.items():
         models[layer] = make(input_size, hidden, steps).to(device)
         if compile:
             models[f"{layer} compiled"] = make(input_size, hidden, steps, compile=True).to(device)
-    first_call = {label: time_batch(model, x) for label, model in models.items()}  # warm-up, compiles
+        if cuda_graphs:
+            start = time.perf_counter()
+            models[f"{layer} CUDA graph"] = torch.cuda.make_graphed_callables(make(input_size, hidden, steps).to(device), (x,))
+            first_call[f"{layer} CUDA graph"] = time.perf_counter() - start
+    for label, model in models.items():  # warm-up; compiles
+        first_call[label] = first_call.get(label, 0.0) + time_batch(model, x)
     times = {label: [] for label in models}
     for _ in range(rounds):
         for label, model in models.items():
@@ -80,7 +86,7 @@ def bench_shape(name: str, device: torch.device, rounds: int, compile: bool) -> 
             dict(
                 shape=name, layer=label, batch=batch, steps=steps, input_size=input_size, hidden_size=hidden,
                 median_s=median, ratio=median / baseline, rounds=rounds,
-                compile_s=first_call[label] - median if label.endswith("compiled") else None,
+                compile_s=first_call[label] - median if label.endswith(("compiled", "graph")) else None,
             )
         )
     return rows
@@ -126,12 +132,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time each layer captured whole (forward and backward) in CUDA graphs")
     parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     if args.rounds < 5:
         parser.error("--rounds must be at least 5 for a meaningful median")
     device = torch.device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs --device cuda")
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
     rows = []
@@ -140,7 +150,7 @@ def main() -> None:
         print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
         print(f"| {'layer':<18} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
         print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
-        for row in bench_shape(name, device, args.rounds, args.compile):
+        for row in bench_shape(name, device, args.rounds, args.compile, args.cuda_graphs):
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
             print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
             rows.append(row)

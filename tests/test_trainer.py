@@ -72,6 +72,24 @@ def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch)
     assert not (tmp_path / "results.json").exists()
 
 
+def test_ctrl_c_in_the_final_evaluation_exits_with_130_and_a_rerun_evaluates(tmp_path, monkeypatch):
+    whole = Trainer(compose_config(*TINY), tmp_path / "whole").run()
+    evaluate = Trainer.evaluate
+
+    def interrupted_test(self, split, **kwargs):
+        if split == "test":
+            signal.raise_signal(signal.SIGINT)
+        return evaluate(self, split, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        patch.setattr(Trainer, "evaluate", interrupted_test)
+        Trainer(compose_config(*TINY), tmp_path / "resumed").run()
+    assert stopped.value.code == 130
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    resumed = Trainer(compose_config(*TINY), tmp_path / "resumed").run()
+    assert resumed["test"] == whole["test"]
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     train_step = Trainer._train_step
 
