@@ -1,0 +1,89 @@
+"""Which of a BN-LSTM's normalizations lose accuracy with population statistics:
+``python scripts/population_gap.py RUN_DIR [--batches N] [--estimate-batches M]``.
+
+Loads RUN_DIR/best.pt (its config comes with it), re-estimates the population statistics as
+the trainer's final evaluation does (``update_bn`` over the first M training batches of
+epoch 0), then evaluates the first N validation batches with every combination of batch and
+population statistics for the three normalizations of the paper's equations: BN(W_x x),
+BN(W_h h) and BN(c), each the same in every layer and direction. For classification runs
+(sequential and permuted MNIST).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.optim.swa_utils import update_bn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rbn.norm import SequenceBatchNorm  # noqa: E402
+from rbn.trainer import build_dataset, build_model, epoch_seed  # noqa: E402
+
+NORMALIZATIONS = {"bn_x": "BN(W_x x)", "bn_h": "BN(W_h h)", "bn_c": "BN(c)"}
+
+
+def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[SequenceBatchNorm]) -> tuple[float, float]:
+    """Validation accuracy and mean loss with batch statistics in ``with_batch_statistics``,
+    population statistics elsewhere; the running statistics are left as they were."""
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in with_batch_statistics]
+    for m in with_batch_statistics:
+        m.train()
+    correct = total = loss_sum = 0.0
+    with torch.no_grad():
+        for inputs, targets in batches:
+            logits, loss = model(inputs, targets)
+            correct += (logits.argmax(1) == targets).sum().item()
+            loss_sum += loss.item() * len(targets)
+            total += len(targets)
+    for m, state in zip(with_batch_statistics, saved):
+        m.load_state_dict(state)
+        m.eval()
+    return correct / total, loss_sum / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--batches", type=int, default=8, help="validation batches to evaluate")
+    parser.add_argument("--estimate-batches", type=int, default=20, help="training batches for update_bn")
+    args = parser.parse_args()
+    path = args.run_dir / "best.pt"
+    if not path.is_file():
+        parser.error(f"{path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = OmegaConf.create(checkpoint["config"])
+    dataset = build_dataset(cfg, checkpoint["permutation"])
+    if dataset.task != "classification":
+        parser.error(f"{args.run_dir} is a {cfg.data.name} run; this script reads classification runs")
+    model = build_model(cfg, dataset)
+    model.load_state_dict(checkpoint["model"])
+    norms = {kind: [m for name, m in model.named_modules() if name.split(".")[-1].startswith(kind)]
+             for kind in NORMALIZATIONS}
+    if not any(norms.values()):
+        parser.error(f"{args.run_dir} holds a {cfg.model.name} model, which has no batch normalization")
+
+    torch.manual_seed(cfg.seed)  # the h0 noise, if any, during the estimate
+    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
+    training = dataset.batches("train", cfg.trainer.batch_size, generator)
+    update_bn(itertools.islice(training, args.estimate_batches), model)
+    model.eval()
+    valid = list(itertools.islice(dataset.batches("valid", cfg.trainer.batch_size), args.batches))
+
+    images = sum(len(targets) for _, targets in valid)
+    print(f"{args.run_dir}: step {checkpoint['progress']['step']}, {images} validation images, "
+          f"population statistics from {args.estimate_batches} training batches\n")
+    print(f"| {' | '.join(NORMALIZATIONS.values())} | accuracy | loss |")
+    print(f"|{'---|' * len(NORMALIZATIONS)}---:|---:|")
+    for choice in itertools.product(("batch", "population"), repeat=len(NORMALIZATIONS)):
+        batch_norms = [m for kind, statistics in zip(NORMALIZATIONS, choice) if statistics == "batch" for m in norms[kind]]
+        accuracy, loss = evaluate(model, valid, batch_norms)
+        print(f"| {' | '.join(choice)} | {100 * accuracy:.2f} % | {loss:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
