@@ -348,6 +348,9 @@ class Trainer:
             self.estimate_population_statistics()
         results["valid"] = self.evaluate("valid")
         results["test"] = self.evaluate("test")
+        # The model as tested, for later use: best.pt's parameters with population statistics.
+        with atomic_path(self.run_dir / "final.pt") as tmp:
+            torch.save({"model": self.model.state_dict(), "config": to_dict(self.cfg)}, tmp)
         if not self._has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
         results["train_seconds"] = round(self.progress.train_seconds, 3)

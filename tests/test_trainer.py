@@ -193,6 +193,16 @@ def test_final_results_report_batch_and_population_statistics(tmp_path):
     assert results["run"] == {"experiment": None, "model": "bnlstm", "data": "seqmnist", "optim": "rmsprop", "seed": 0, "overrides": []}
 
 
+@pytest.mark.parametrize("overrides", [TINY, TINY_TEXT], ids=["seqmnist", "text"])
+def test_the_final_model_reproduces_the_test_results(tmp_path, overrides):
+    results = Trainer(compose_config(*overrides), tmp_path).run()
+    final = load(tmp_path / "final.pt")
+    trainer = Trainer(compose_config(*overrides), tmp_path / "untrained")
+    trainer.model.load_state_dict(final["model"])
+    assert final["config"] == rbn.config.to_dict(trainer.cfg)
+    assert trainer.evaluate("test") == results["test"]
+
+
 def test_population_statistics_average_every_training_batch(tmp_path):
     trainer = Trainer(compose_config(*TINY, "trainer.limit_eval_batches=null"), tmp_path)
     trainer.estimate_population_statistics()
