@@ -6,10 +6,12 @@ conf/ (see the README); ``-m`` sweeps, e.g. ``python train.py -m model=lstm,bnls
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
 from rbn.config import ConfigError
@@ -33,5 +35,24 @@ def main(cfg: DictConfig) -> float | None:
     return results["test"][SELECTION[trainer.task][0]]
 
 
+NAMING = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
+    """In a sweep (-m), adds to the keys that run directories are not named by (NAMING in
+    conf/config.yaml) every override that is the same in all of the sweep's jobs, so that the
+    runs' names, which TensorBoard shows, say what differs: ``model=lstm,seed=1``. A run's
+    name stays a function of the command, so re-running a sweep resumes its runs."""
+    if not {"-m", "--multirun"} & set(argv) or any(arg.startswith(NAMING) for arg in argv):
+        return argv
+    overrides = OverridesParser.create().parse_overrides([arg for arg in argv[1:] if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")])
+    constant = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
+    if not constant:
+        return argv
+    configured = OmegaConf.select(OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml"), NAMING)
+    return [*argv, f"{NAMING}=[{','.join(dict.fromkeys([*configured, *constant]))}]"]
+
+
 if __name__ == "__main__":
+    sys.argv = name_sweep_runs_by_what_varies(sys.argv)
     main()

@@ -54,7 +54,7 @@ def test_a_bad_config_stops_with_one_line(tmp_path):
 def test_a_sweep_puts_its_runs_under_one_root_that_compare_summarizes(tmp_path):
     run("train.py", "-m", "model=lstm,bnlstm", "seed=0,1", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert len(runs) == 4 and all("model=" in name and "seed=" in name for name in runs)
+    assert runs == ["model=bnlstm,seed=0", "model=bnlstm,seed=1", "model=lstm,seed=0", "model=lstm,seed=1"]
     run("scripts/compare.py", "sweep", cwd=tmp_path)
     report = (tmp_path / "sweep" / "compare.md").read_text()
     assert "| bnlstm | 2 |" in report and "| lstm | 2 |" in report
@@ -63,14 +63,20 @@ def test_a_sweep_puts_its_runs_under_one_root_that_compare_summarizes(tmp_path):
 
 def test_the_submitit_launcher_runs_a_sweep_with_its_local_executor(tmp_path):
     run("train.py", "-m", "hydra/launcher=submitit_local", "model=lstm,lnlstm", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
-    results = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
-    assert sorted(r["run"]["model"] for r in results) == ["lnlstm", "lstm"]
-    assert all(r["status"] == "finished" for r in results)
+    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")}
+    assert sorted(results) == ["model=lnlstm", "model=lstm"]
+    assert sorted(r["run"]["model"] for r in results.values()) == ["lnlstm", "lstm"]
+    assert all(r["status"] == "finished" for r in results.values())
 
 
 def test_the_parallel_launcher_runs_a_sweep(tmp_path):
     run("train.py", "-m", "hydra/launcher=parallel", "model=lstm,lnlstm", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
-    assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")) == ["model=lnlstm", "model=lstm"]
+
+
+def test_a_sweep_of_one_job_is_the_default_run(tmp_path):
+    run("train.py", "-m", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert [p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")] == ["default"]
 
 
 def test_compare_refuses_a_directory_without_runs(tmp_path):
