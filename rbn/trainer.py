@@ -350,7 +350,8 @@ class Trainer:
         results["test"] = self.evaluate("test")
         # The model as tested, for later use: best.pt's parameters with population statistics.
         with atomic_path(self.run_dir / "final.pt") as tmp:
-            torch.save({"model": self.model.state_dict(), "config": to_dict(self.cfg)}, tmp)
+            final = {"model": self.model.state_dict(), "config": to_dict(self.cfg)}
+            torch.save(final | {"permutation": getattr(self.dataset, "permutation", None)}, tmp)
         if not self._has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
         results["train_seconds"] = round(self.progress.train_seconds, 3)

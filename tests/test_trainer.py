@@ -5,12 +5,13 @@ import signal
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import TINY, TINY_TEXT, compose_config
 
 import data
 import rbn
-from rbn.trainer import RunError, Trainer, epoch_seed
+from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_seed
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -193,11 +194,14 @@ def test_final_results_report_batch_and_population_statistics(tmp_path):
     assert results["run"] == {"experiment": None, "model": "bnlstm", "data": "seqmnist", "optim": "rmsprop", "seed": 0, "overrides": []}
 
 
-@pytest.mark.parametrize("overrides", [TINY, TINY_TEXT], ids=["seqmnist", "text"])
+@pytest.mark.parametrize("overrides", [TINY, ["experiment=pmnist", *TINY], TINY_TEXT], ids=["seqmnist", "pmnist", "text"])
 def test_the_final_model_reproduces_the_test_results(tmp_path, overrides):
     results = Trainer(compose_config(*overrides), tmp_path).run()
     final = load(tmp_path / "final.pt")
     trainer = Trainer(compose_config(*overrides), tmp_path / "untrained")
+    cfg = OmegaConf.create(final["config"])  # as the README shows
+    dataset = build_dataset(cfg, final["permutation"])
+    trainer.dataset, trainer.model = dataset, build_model(cfg, dataset)
     trainer.model.load_state_dict(final["model"])
     assert final["config"] == rbn.config.to_dict(trainer.cfg)
     assert trainer.evaluate("test") == results["test"]
