@@ -45,13 +45,14 @@ class CharLM(nn.Module):
         self.head = nn.Linear(recurrent.hidden_size, vocab_size)
 
     def forward(
-        self, inputs: Tensor, targets: Tensor | None = None, state: State | None = None
+        self, inputs: Tensor, targets: Tensor | None = None, state: State | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, State]:
         """inputs (B, L) symbol ids, targets (B, L) -> logits (B, L, V), mean cross-entropy or
         None, final state. Targets of -100 (padding; ``cross_entropy``'s ``ignore_index``) are
-        left out of the loss."""
+        left out of the loss; ``lengths`` (B,), the valid prefix of each row, keeps padding
+        out of batch statistics too (the layer's ``lengths``)."""
         one_hot = F.one_hot(inputs, self.vocab_size).to(self.head.weight.dtype)
-        outputs, state = self.recurrent(one_hot, state)
+        outputs, state = self.recurrent(one_hot, state, lengths)
         logits = self.head(outputs)
         loss = None
         if targets is not None:

@@ -285,7 +285,11 @@ class Trainer:
         """Logits, loss and, for a language model, its final state (detached) to carry."""
         if self.task == "classification":
             return *self.model(inputs, targets), None
-        logits, loss, state = self.model(inputs, targets, state)
+        # Evaluation pads the last stream's tail, which must enter no batch statistic; training
+        # batches are never padded. A row of padding alone still runs one step (lengths >= 1).
+        padded = targets[:, -1] == data.IGNORE_INDEX
+        lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1) if padded.any() else None
+        logits, loss, state = self.model(inputs, targets, state, lengths)
         return logits, loss, tuple(s.detach() for s in state)
 
     # --- evaluation ------------------------------------------------------------------------

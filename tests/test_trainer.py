@@ -174,6 +174,20 @@ def test_validation_with_batch_statistics_leaves_running_statistics_unchanged(tm
         assert torch.equal(value, before[name]), name
 
 
+def test_a_language_models_batch_statistics_do_not_see_the_padding(tmp_path, monkeypatch):
+    trainer = Trainer(compose_config(*TINY_TEXT, "trainer.batch_size=3", "trainer.limit_eval_batches=null"), tmp_path)
+    batches = trainer.dataset.batches
+    assert any((targets == data.IGNORE_INDEX).any() for _, targets in batches("valid", 3))  # there is padding
+
+    def other_padding(split, batch_size, generator=None):
+        for inputs, targets in batches(split, batch_size, generator):
+            yield torch.where(targets == data.IGNORE_INDEX, 7, inputs), targets
+
+    expected = trainer.evaluate("valid", batch_statistics=True)
+    monkeypatch.setattr(trainer.dataset, "batches", other_padding)
+    assert trainer.evaluate("valid", batch_statistics=True) == expected
+
+
 def test_population_statistics_of_a_language_model_see_the_carried_state(tmp_path):
     trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
     trainer.estimate_population_statistics()
