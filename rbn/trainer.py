@@ -134,6 +134,21 @@ class Metrics:
         return {"loss": loss, "bpc": data.bits_per_character(loss)}
 
 
+@contextmanager
+def using_batch_statistics(norms: list[SequenceBatchNorm]) -> Iterator[None]:
+    """These normalizations use each batch's statistics, as in training, and leave their
+    running statistics as they were; in eval mode, for evaluating with batch statistics."""
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    for m in norms:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, state in zip(norms, saved):
+            m.load_state_dict(state)
+            m.eval()
+
+
 @dataclass
 class Progress:
     step: int = 0  # optimizer steps taken
@@ -302,7 +317,8 @@ class Trainer:
         metrics = Metrics(self.task)
         state = None
         batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
-        with self._autocast(), (self._batch_statistics() if batch_statistics else nullcontext()):
+        norms = [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)] if batch_statistics else []
+        with self._autocast(), using_batch_statistics(norms):
             for inputs, targets in batches:
                 if batch_statistics and len(targets) < 2:
                     continue  # a last batch of one sequence has no batch statistics
@@ -379,20 +395,6 @@ class Trainer:
     def _has_batch_norm(self) -> bool:
         return any(isinstance(m, SequenceBatchNorm) for m in self.model.modules())
 
-    @contextmanager
-    def _batch_statistics(self) -> Iterator[None]:
-        """Batch normalization with each batch's statistics, as in training, leaving the
-        running statistics as they were."""
-        norms = [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)]
-        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
-        for m in norms:
-            m.train()
-        try:
-            yield
-        finally:
-            for m, state in zip(norms, saved):
-                m.load_state_dict(state)
-                m.eval()
 
     def _sample(self) -> str:
         """A continuation of the validation text's first characters, sampled from the model."""

@@ -22,28 +22,20 @@ from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.norm import SequenceBatchNorm  # noqa: E402
-from rbn.trainer import build_dataset, build_model, epoch_seed  # noqa: E402
+from rbn.trainer import Metrics, build_dataset, build_model, epoch_seed, using_batch_statistics  # noqa: E402
 
 NORMALIZATIONS = {"bn_x": "BN(W_x x)", "bn_h": "BN(W_h h)", "bn_c": "BN(c)"}
 
 
-def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[SequenceBatchNorm]) -> tuple[float, float]:
-    """Validation accuracy and mean loss with batch statistics in ``with_batch_statistics``,
-    population statistics elsewhere; the running statistics are left as they were."""
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in with_batch_statistics]
-    for m in with_batch_statistics:
-        m.train()
-    correct = total = loss_sum = 0.0
-    with torch.no_grad():
+def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[SequenceBatchNorm]) -> dict[str, float]:
+    """Validation loss and accuracy with batch statistics in ``with_batch_statistics``,
+    population statistics elsewhere."""
+    metrics = Metrics("classification")
+    with torch.no_grad(), using_batch_statistics(with_batch_statistics):
         for inputs, targets in batches:
             logits, loss = model(inputs, targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            loss_sum += loss.item() * len(targets)
-            total += len(targets)
-    for m, state in zip(with_batch_statistics, saved):
-        m.load_state_dict(state)
-        m.eval()
-    return correct / total, loss_sum / total
+            metrics.add(logits, targets, loss)
+    return metrics.summary()
 
 
 def main() -> None:
@@ -81,8 +73,8 @@ def main() -> None:
     print(f"|{'---|' * len(NORMALIZATIONS)}---:|---:|")
     for choice in itertools.product(("batch", "population"), repeat=len(NORMALIZATIONS)):
         batch_norms = [m for kind, statistics in zip(NORMALIZATIONS, choice) if statistics == "batch" for m in norms[kind]]
-        accuracy, loss = evaluate(model, valid, batch_norms)
-        print(f"| {' | '.join(choice)} | {100 * accuracy:.2f} % | {loss:.4f} |")
+        metrics = evaluate(model, valid, batch_norms)
+        print(f"| {' | '.join(choice)} | {100 * metrics['accuracy']:.2f} % | {metrics['loss']:.4f} |")
 
 
 if __name__ == "__main__":
