@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from data import DataError
@@ -45,7 +46,12 @@ def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
     name stays a function of the command, so re-running a sweep resumes its runs."""
     if not {"-m", "--multirun"} & set(argv) or any(arg.startswith(NAMING) for arg in argv):
         return argv
-    overrides = OverridesParser.create().parse_overrides([arg for arg in argv[1:] if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")])
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [arg for arg in argv[1:] if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")]
+        )
+    except OverrideParseException:
+        return argv  # Hydra reports it
     constant = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     if not constant:
         return argv

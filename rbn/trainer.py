@@ -317,8 +317,7 @@ class Trainer:
         metrics = Metrics(self.task)
         state = None
         batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
-        norms = [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)] if batch_statistics else []
-        with self._autocast(), using_batch_statistics(norms):
+        with self._autocast(), using_batch_statistics(self._batch_norms() if batch_statistics else []):
             for inputs, targets in batches:
                 if batch_statistics and len(targets) < 2:
                     continue  # a last batch of one sequence has no batch statistics
@@ -392,9 +391,11 @@ class Trainer:
         with self._autocast():
             update_bn(batches, model, device=self.device)
 
-    def _has_batch_norm(self) -> bool:
-        return any(isinstance(m, SequenceBatchNorm) for m in self.model.modules())
+    def _batch_norms(self) -> list[SequenceBatchNorm]:
+        return [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)]
 
+    def _has_batch_norm(self) -> bool:
+        return bool(self._batch_norms())
 
     def _sample(self) -> str:
         """A continuation of the validation text's first characters, sampled from the model."""

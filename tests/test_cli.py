@@ -61,6 +61,12 @@ def test_a_sweep_puts_its_runs_under_one_root_that_compare_summarizes(tmp_path):
     assert (tmp_path / "sweep" / "curves_shakespeare.png").stat().st_size > 0
 
 
+def test_a_sweep_with_a_malformed_override_gets_hydras_message(tmp_path):
+    process = run("train.py", "-m", "model=[lstm,", cwd=tmp_path, check=False)
+    assert process.returncode == 1
+    assert "override_grammar" in process.stderr and "Traceback" not in process.stderr
+
+
 def test_the_submitit_launcher_runs_a_sweep_with_its_local_executor(tmp_path):
     run("train.py", "-m", "hydra/launcher=submitit_local", "model=lstm,lnlstm", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")}
