@@ -1,7 +1,8 @@
 """Training and evaluation of the paper's experiments; ``train.py`` is the command line.
 
-A run lives in one directory: TensorBoard events, the checkpoints ``last.pt`` and ``best.pt``
-and ``results.json`` (Hydra adds ``.hydra/`` and ``train.log``). Starting a run in a directory
+A run lives in one directory: TensorBoard events, the checkpoints ``last.pt`` and ``best.pt``,
+``results.json`` and ``final.pt``, the model as tested (Hydra adds ``.hydra/`` and
+``train.log``). Starting a run in a directory
 that holds ``last.pt`` resumes it, exactly: the checkpoint carries the parameters, the
 optimizer, the running statistics, the random number generators, the position in the epoch
 (whose order is a function of the seed and the epoch) and a language model's carried state.
@@ -300,10 +301,12 @@ class Trainer:
         """Logits, loss and, for a language model, its final state (detached) to carry."""
         if self.task == "classification":
             return *self.model(inputs, targets), None
-        # Evaluation pads the last stream's tail, which must enter no batch statistic; training
-        # batches are never padded. A row of padding alone still runs one step (lengths >= 1).
-        padded = targets[:, -1] == data.IGNORE_INDEX
-        lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1) if padded.any() else None
+        # Evaluation pads the last stream's tail, which must enter no batch statistic. Training
+        # batches are never padded, so training steps skip the check (and its device sync).
+        # A row of padding alone still runs one step (lengths >= 1).
+        lengths = None
+        if not self.model.training and (targets[:, -1] == data.IGNORE_INDEX).any():
+            lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1)
         logits, loss, state = self.model(inputs, targets, state, lengths)
         return logits, loss, tuple(s.detach() for s in state)
 
@@ -368,9 +371,13 @@ class Trainer:
         results["valid"] = self.evaluate("valid")
         results["test"] = self.evaluate("test")
         # The model as tested, for later use: best.pt's parameters with population statistics.
+        final = {
+            "model": self.model.state_dict(),
+            "config": to_dict(self.cfg),
+            "permutation": getattr(self.dataset, "permutation", None),
+        }
         with atomic_path(self.run_dir / "final.pt") as tmp:
-            final = {"model": self.model.state_dict(), "config": to_dict(self.cfg)}
-            torch.save(final | {"permutation": getattr(self.dataset, "permutation", None)}, tmp)
+            torch.save(final, tmp)
         if not self._has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
         results["train_seconds"] = round(self.progress.train_seconds, 3)
