@@ -138,6 +138,7 @@ class TrainerConfig:
     log_interval: int = 50
     sample_length: int = 200  # characters generated at each evaluation (char models)
     progress_bar: bool = True  # on a terminal; plain periodic lines otherwise
+    cuda_graphs: bool = False  # capture each training step's forward and backward (CUDA only)
 
 
 @dataclass

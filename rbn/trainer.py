@@ -176,6 +176,24 @@ class _CarriedState(nn.Module):
         self.state = tuple(s.detach() for s in state)
 
 
+class _TrainingForward(nn.Module):
+    """The model's training forward with tensors only in and out, as
+    ``torch.cuda.make_graphed_callables`` captures it: a language model's state goes in as two
+    tensors; the logits and the final state come out detached, so only the loss has a
+    backward graph to capture."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: Tensor, targets: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        if not state:
+            logits, loss = self.model(inputs, targets)
+            return logits.detach(), loss
+        logits, loss, (h, c) = self.model(inputs, targets, state)
+        return logits.detach(), loss, h.detach(), c.detach()
+
+
 @dataclass
 class _Interval:
     """Training metrics since the last log line."""
@@ -196,6 +214,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.trainer.device)
+        if cfg.trainer.cuda_graphs and self.device.type != "cuda":
+            raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device, and this run is on {self.device}")
         self.precision = torch.bfloat16 if cfg.trainer.precision == Precision.bf16 else None
         checkpoint = self._load("last")
         torch.manual_seed(cfg.seed)
@@ -205,6 +225,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self.progress = Progress()
         self.carry: State | None = None  # a language model's state between segments
+        self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
         self.stop_requested = False
         if checkpoint:
             self._restore(checkpoint)
@@ -281,8 +302,9 @@ class Trainer:
         started = time.perf_counter()
         self.model.train()
         inputs, targets = inputs.to(self.device), targets.to(self.device)
+        forward = self._graphed_forward if self.cfg.trainer.cuda_graphs else self._forward
         with self._autocast():
-            logits, loss, self.carry = self._forward(inputs, targets, self.carry)
+            logits, loss, self.carry = forward(inputs, targets, self.carry)
         if not torch.isfinite(loss):
             raise _Diverged(f"the training loss is {loss.item()} at step {self.progress.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -309,6 +331,41 @@ class Trainer:
             lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1)
         logits, loss, state = self.model(inputs, targets, state, lengths)
         return logits, loss, tuple(s.detach() for s in state)
+
+    def _graphed_forward(self, inputs: Tensor, targets: Tensor, state: State | None) -> tuple[Tensor, Tensor, State | None]:
+        """``_forward`` replayed from CUDA graphs of the training forward and backward, which
+        are captured at the first batch; a batch of another shape runs eagerly."""
+        if self.graphed is None:
+            self.graphed = inputs.shape, self._capture(inputs, targets)
+        shape, graphed = self.graphed
+        if inputs.shape != shape:
+            return self._forward(inputs, targets, state)
+        if self.task == "classification":
+            return *graphed(inputs, targets), None
+        logits, loss, h, c = graphed(inputs, targets, *(state or self._zero_state(len(inputs))))
+        # The graph's outputs all join the autograd graph. A carried state that stayed there
+        # would make the next backward replay this step's graph too, with zero gradients,
+        # over the buffers that hold the gradients it has just returned.
+        return logits, loss, (h.detach(), c.detach())
+
+    def _capture(self, inputs: Tensor, targets: Tensor) -> nn.Module:
+        """``torch.cuda.make_graphed_callables`` of the training forward for batches shaped like
+        ``inputs``. Its warm-up passes leave no trace: the running statistics and the random
+        number generators are put back as they were, so that a run trains as it would eagerly."""
+        state = () if self.task == "classification" else self._zero_state(len(inputs))
+        buffers = [buffer.clone() for buffer in self.model.buffers()]
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        graphed = torch.cuda.make_graphed_callables(_TrainingForward(self.model), (inputs, targets, *state))
+        for buffer, saved in zip(self.model.buffers(), buffers):
+            buffer.copy_(saved)
+        torch.set_rng_state(rng[0])
+        torch.cuda.set_rng_state(rng[1], self.device)
+        return graphed
+
+    def _zero_state(self, batch: int) -> State:
+        recurrent = self.model.recurrent
+        shape = (recurrent.num_layers * recurrent.num_directions, batch, recurrent.hidden_size)
+        return torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device)
 
     # --- evaluation ------------------------------------------------------------------------
 
@@ -540,7 +597,8 @@ class Trainer:
     def _autocast(self):
         if self.precision is None:
             return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision)
+        # CUDA graphs capture the casts themselves: make_graphed_callables refuses autocast's cache.
+        return torch.autocast(self.device.type, dtype=self.precision, cache_enabled=not self.cfg.trainer.cuda_graphs)
 
     @contextmanager
     def _stop_on_sigint(self) -> Iterator[None]:

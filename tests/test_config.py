@@ -141,6 +141,12 @@ def test_cuda_without_a_gpu_is_one_clear_line(tmp_path: Path):
         Trainer(compose_config("trainer.device=cuda"), tmp_path)
 
 
+def test_cuda_graphs_on_the_cpu_are_one_clear_line(tmp_path: Path):
+    with pytest.raises(ConfigError, match="trainer.cuda_graphs=true needs a CUDA device") as error:
+        Trainer(compose_config("trainer.device=cpu", "trainer.cuda_graphs=true"), tmp_path)
+    assert "\n" not in str(error.value)
+
+
 def test_a_device_name_that_is_not_a_device_is_one_clear_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="trainer.device='gpu0' is not a device"):
         Trainer(compose_config("trainer.device=gpu0"), tmp_path)

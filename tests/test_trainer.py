@@ -15,6 +15,7 @@ from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_see
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA_GRAPHS = ["trainer.device=cuda", "trainer.cuda_graphs=true"]
 
 
 def load(path):
@@ -42,8 +43,10 @@ def interrupt_at(monkeypatch, step: int) -> None:
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # at the last step, a validation due
         ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
         pytest.param([*TINY, "trainer.device=cuda"], 4, marks=NEEDS_CUDA),  # the CUDA generator is saved too
+        pytest.param([*TINY, *CUDA_GRAPHS], 4, marks=NEEDS_CUDA),  # captured again on resume
+        pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
     ],
-    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "cuda"],
+    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "cuda", "cuda-graphs", "cuda-graphs-text"],
 )
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
     cfg = compose_config(*overrides)
@@ -62,6 +65,26 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
     assert str(whole["optimizer"]) == str(resumed["optimizer"])
     results = [json.loads((tmp_path / run / "results.json").read_text()) for run in ("whole", "resumed")]
     assert results[0]["test"] == results[1]["test"]
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        TINY,  # BN-LSTM with h0 noise: random numbers drawn inside the graph
+        [*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"],  # carried state, dropout
+        [*TINY_TEXT, "trainer.precision=bf16"],
+        [*TINY, "model.compile=true"],
+    ],
+    ids=["seqmnist-bnlstm", "text-lnlstm-dropout", "text-bnlstm-bf16", "compiled"],
+)
+def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
+    for name, graphs in ("eager", "false"), ("graphed", "true"):
+        Trainer(compose_config(*overrides, "trainer.device=cuda", f"trainer.cuda_graphs={graphs}"), tmp_path / name).fit()
+    eager, graphed = load(tmp_path / "eager" / "last.pt"), load(tmp_path / "graphed" / "last.pt")
+    assert graphed["progress"]["step"] == eager["progress"]["step"] == 6
+    for name, value in eager["model"].items():
+        torch.testing.assert_close(graphed["model"][name], value, msg=name)
 
 
 def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
