@@ -11,6 +11,7 @@ are present), which must stay far faster than a training step.
 
     python scripts/bench.py                       # both shapes, eager and compiled, loaders
     python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
+    python scripts/bench.py --shapes seqmnist --kernels --no-loaders   # one timestep's kernels alone
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from pathlib import Path
 
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
 import torch  # noqa: E402  (after the cache directory is set)
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import rbn  # noqa: E402
+from rbn.cells import lstm_memory  # noqa: E402
 
 SHAPES = {  # name: (batch, steps, input_size, hidden_size), the paper's tasks
     "seqmnist": (64, 784, 1, 100),
@@ -92,6 +95,57 @@ def bench_shape(name: str, device: torch.device, rounds: int, compile: bool, cud
     return rows
 
 
+def bench_kernels(name: str, device: torch.device, rounds: int, compile: bool) -> list[dict]:
+    """One timestep's kernels on the shape, each timed alone, forward + backward, against
+    nn.LSTM's time per timestep: what any loop over time pays before its Python overhead.
+    Each row includes a fixed cost of the timing itself (an autograd.grad call), which the
+    row of a one-element addition measures."""
+    batch, steps, input_size, hidden = SHAPES[name]
+    torch.manual_seed(0)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, requires_grad=True)
+
+    h, c, gates, weight, gamma = leaf(batch, hidden), leaf(batch, hidden), leaf(batch, 4 * hidden), leaf(4 * hidden, hidden), leaf(4 * hidden)
+
+    def gate_math(gates: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        o, c = lstm_memory(gates, c)
+        return o * torch.tanh(c)
+
+    one = leaf(1)
+    kernels = {
+        "x + 1 (the timing's own cost)": (lambda: one + 1, (one,)),  # in every row: subtract it
+        # The layers take W_h's gradient in one GEMM after the loop: per step, only h's.
+        "W_h h (GEMM), d/dh": (lambda: h @ weight.t(), (h,)),
+        "gate math": (lambda: gate_math(gates, c), (gates, c)),
+        "batch_norm(gates)": (lambda: F.batch_norm(gates, None, None, gamma, None, True, 0.0, 1e-5), (gates, gamma)),
+        "layer_norm(gates)": (lambda: F.layer_norm(gates, (4 * hidden,), gamma), (gates, gamma)),
+    }
+    if compile:
+        fused = torch.compile(gate_math)
+        kernels["gate math, compiled"] = (lambda: fused(gates, c), (gates, c))
+
+    def forward_backward(run, inputs) -> None:
+        out = run()
+        torch.autograd.grad(out, inputs, torch.ones_like(out))
+
+    reference, x = torch.nn.LSTM(input_size, hidden).to(device), torch.randn(steps, batch, input_size, device=device)
+    times = {"nn.LSTM, per timestep": []} | {label: [] for label in kernels}
+    for run, inputs in kernels.values():  # warm-up; compiles
+        forward_backward(run, inputs)
+    time_batch(reference, x)
+    for _ in range(rounds):
+        times["nn.LSTM, per timestep"].append(time_batch(reference, x) / steps)
+        for label, (run, inputs) in kernels.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                forward_backward(run, inputs)
+            synchronize(device)
+            times[label].append((time.perf_counter() - start) / steps)
+    return [dict(shape=name, kernel=label, median_us=1e6 * statistics.median(samples)) for label, samples in times.items()]
+
+
 LOADERS = {  # name: training batch size of the paper's preset
     "seqmnist": 100, "pmnist": 100, "shakespeare": 64, "ptb_char": 64, "text8": 128,
 }
@@ -135,6 +189,8 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time each layer captured whole (forward and backward) in CUDA graphs")
     parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also time one timestep's kernels alone against nn.LSTM's time per timestep")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     if args.rounds < 5:
@@ -154,6 +210,13 @@ def main() -> None:
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
             print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
             rows.append(row)
+    kernels = []
+    for name in args.shapes if args.kernels else []:
+        print(f"\n| {name + ': one timestep':<32} | {'us fwd+bwd':>10} |")
+        print(f"|{'-' * 34}|{'-' * 12}|")
+        for row in bench_kernels(name, device, args.rounds, args.compile):
+            print(f"| {row['kernel']:<32} | {row['median_us']:>10.1f} |")
+            kernels.append(row)
     loaders = bench_loaders() if args.loaders else []
     if loaders:
         print(f"\n| {'dataset':<12} | {'batch':>5} | {'batches/s':>9} | {'ms/batch':>8} |")
@@ -161,7 +224,7 @@ def main() -> None:
         for row in loaders:
             ms = 1e3 / row["batches_per_s"]
             print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
-    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, loaders=loaders)
+    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, kernels=kernels, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
 
