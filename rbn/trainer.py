@@ -161,6 +161,16 @@ class Progress:
     train_seconds: float = 0.0
 
 
+def update_population_statistics(
+    model: nn.Module, dataset, cfg: DictConfig, max_batches: int | None = None, device: torch.device | None = None
+) -> None:
+    """``update_bn`` over the training set in the order of epoch 0 (the first ``max_batches``
+    batches), with a language model's state carried between segments as in training."""
+    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
+    batches = itertools.islice(dataset.batches("train", cfg.trainer.batch_size, generator), max_batches)
+    update_bn(batches, model if dataset.task == "classification" else _CarriedState(model), device=device)
+
+
 class _CarriedState(nn.Module):
     """A language model read segment after segment with its state carried, as in training:
     what ``update_bn`` must see, or the first timesteps' statistics would be those of a zero
@@ -446,14 +456,9 @@ class Trainer:
         return self._write_results(results)
 
     def estimate_population_statistics(self) -> None:
-        """update_bn over the training set in training order, with a language model's state
-        carried between segments; ``limit_eval_batches`` caps the pass."""
-        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, 0))
-        batches = self.dataset.batches("train", self.cfg.trainer.batch_size, generator)
-        batches = itertools.islice(batches, self.cfg.trainer.limit_eval_batches)
-        model = self.model if self.task == "classification" else _CarriedState(self.model)
+        """``update_population_statistics``, capped by ``limit_eval_batches``."""
         with self._autocast():
-            update_bn(batches, model, device=self.device)
+            update_population_statistics(self.model, self.dataset, self.cfg, self.cfg.trainer.limit_eval_batches, self.device)
 
     def _batch_norms(self) -> list[SequenceBatchNorm]:
         return [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)]

@@ -18,11 +18,16 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch.optim.swa_utils import update_bn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.norm import SequenceBatchNorm  # noqa: E402
-from rbn.trainer import Metrics, build_dataset, build_model, epoch_seed, using_batch_statistics  # noqa: E402
+from rbn.trainer import (  # noqa: E402
+    Metrics,
+    build_dataset,
+    build_model,
+    update_population_statistics,
+    using_batch_statistics,
+)
 
 NORMALIZATIONS = {"bn_x": "BN(W_x x)", "bn_h": "BN(W_h h)", "bn_c": "BN(c)"}
 
@@ -60,9 +65,7 @@ def main() -> None:
         parser.error(f"{args.run_dir} holds a {cfg.model.name} model, which has no batch normalization")
 
     torch.manual_seed(cfg.seed)  # the h0 noise, if any, during the estimate
-    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
-    training = dataset.batches("train", cfg.trainer.batch_size, generator)
-    update_bn(itertools.islice(training, args.estimate_batches), model)
+    update_population_statistics(model, dataset, cfg, args.estimate_batches)
     model.eval()
     valid = list(itertools.islice(dataset.batches("valid", cfg.trainer.batch_size), args.batches))
 
