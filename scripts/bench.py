@@ -12,6 +12,7 @@ are present), which must stay far faster than a training step.
     python scripts/bench.py                       # both shapes, eager and compiled, loaders
     python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
     python scripts/bench.py --shapes seqmnist --kernels --no-loaders   # one timestep's kernels alone
+    python scripts/bench.py --shapes 128,180,27,2000 --no-compile        # any B,T,I,H (here text8's)
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ LAYERS = {
 }
 
 
+def shape(spec: str) -> tuple[str, tuple[int, int, int, int]]:
+    """A shape's name in SHAPES, or batch,steps,input_size,hidden_size."""
+    if spec in SHAPES:
+        return spec, SHAPES[spec]
+    try:
+        dims = tuple(int(n) for n in spec.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{spec!r} is neither {' nor '.join(SHAPES)} nor four positive integers B,T,I,H")
+    return spec, dims
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -61,8 +75,8 @@ def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def bench_shape(name: str, device: torch.device, rounds: int, compile: bool, cuda_graphs: bool) -> list[dict]:
-    batch, steps, input_size, hidden = SHAPES[name]
+def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool, cuda_graphs: bool) -> list[dict]:
+    batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
     models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device)}
@@ -95,12 +109,12 @@ def bench_shape(name: str, device: torch.device, rounds: int, compile: bool, cud
     return rows
 
 
-def bench_kernels(name: str, device: torch.device, rounds: int, compile: bool) -> list[dict]:
+def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool) -> list[dict]:
     """One timestep's kernels on the shape, each timed alone, forward + backward, against
     nn.LSTM's time per timestep: what any loop over time pays before its Python overhead.
     Each row includes a fixed cost of the timing itself (an autograd.grad call), which the
     row of a one-element addition measures."""
-    batch, steps, input_size, hidden = SHAPES[name]
+    batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
 
     def leaf(*shape: int) -> torch.Tensor:
@@ -182,7 +196,8 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", type=shape, default=[shape(name) for name in SHAPES],
+                        help=f"{', '.join(SHAPES)} (default: both), or B,T,I,H: batch, steps, input and hidden size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
@@ -201,20 +216,20 @@ def main() -> None:
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
     rows = []
-    for name in args.shapes:
-        batch, steps, input_size, hidden = SHAPES[name]
+    for name, dims in args.shapes:
+        batch, steps, input_size, hidden = dims
         print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
         print(f"| {'layer':<18} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
         print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
-        for row in bench_shape(name, device, args.rounds, args.compile, args.cuda_graphs):
+        for row in bench_shape(name, dims, device, args.rounds, args.compile, args.cuda_graphs):
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
             print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
             rows.append(row)
     kernels = []
-    for name in args.shapes if args.kernels else []:
+    for name, dims in args.shapes if args.kernels else []:
         print(f"\n| {name + ': one timestep':<32} | {'us fwd+bwd':>10} |")
         print(f"|{'-' * 34}|{'-' * 12}|")
-        for row in bench_kernels(name, device, args.rounds, args.compile):
+        for row in bench_kernels(name, dims, device, args.rounds, args.compile):
             print(f"| {row['kernel']:<32} | {row['median_us']:>10.1f} |")
             kernels.append(row)
     loaders = bench_loaders() if args.loaders else []
