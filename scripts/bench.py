@@ -117,8 +117,8 @@ def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
 
-    def leaf(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=device, requires_grad=True)
+    def leaf(*size: int) -> torch.Tensor:
+        return torch.randn(*size, device=device, requires_grad=True)
 
     h, c, gates, weight, gamma = leaf(batch, hidden), leaf(batch, hidden), leaf(batch, 4 * hidden), leaf(4 * hidden, hidden), leaf(4 * hidden)
 
