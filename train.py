@@ -40,10 +40,12 @@ NAMING = "hydra.job.config.override_dirname.exclude_keys"
 
 
 def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
-    """In a sweep (-m), adds to the keys that run directories are not named by (NAMING in
-    conf/config.yaml) every override that is the same in all of the sweep's jobs, so that the
-    runs' names, which TensorBoard shows, say what differs: ``model=lstm,seed=1``. A run's
-    name stays a function of the command, so re-running a sweep resumes its runs."""
+    """In a sweep (-m), names run directories by the overrides that vary between its jobs and
+    by nothing else, so that the runs' names, which TensorBoard shows, say what differs:
+    ``model=lstm,seed=1``. Overrides that are the same in every job join the keys that runs
+    are not named by (NAMING in conf/config.yaml); a key of that list that the sweep varies
+    leaves it, or its jobs would share one directory. A run's name stays a function of the
+    command, so re-running a sweep resumes its runs."""
     if not {"-m", "--multirun"} & set(argv) or any(arg.startswith(NAMING) for arg in argv):
         return argv
     try:
@@ -53,10 +55,12 @@ def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
     except OverrideParseException:
         return argv  # Hydra reports it
     constant = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
-    if not constant:
-        return argv
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
     configured = OmegaConf.select(OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml"), NAMING)
-    return [*argv, f"{NAMING}=[{','.join(dict.fromkeys([*configured, *constant]))}]"]
+    if not constant and not swept & set(configured):
+        return argv
+    unnamed = [key for key in dict.fromkeys([*configured, *constant]) if key not in swept]
+    return [*argv, f"{NAMING}=[{','.join(unnamed)}]"]
 
 
 if __name__ == "__main__":

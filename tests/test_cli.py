@@ -80,6 +80,12 @@ def test_the_parallel_launcher_runs_a_sweep(tmp_path):
     assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")) == ["model=lnlstm", "model=lstm"]
 
 
+def test_a_sweep_over_a_key_that_runs_are_not_named_by_still_separates_its_runs(tmp_path):
+    run("train.py", "-m", "trainer.log_interval=1,2", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    runs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/results.json"))
+    assert runs == ["trainer.log_interval=1", "trainer.log_interval=2"]
+
+
 def test_a_sweep_of_one_job_is_the_default_run(tmp_path):
     run("train.py", "-m", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert [p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")] == ["default"]
