@@ -57,8 +57,6 @@ def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
     constant = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.is_hydra_override()]
     swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
     configured = OmegaConf.select(OmegaConf.load(Path(__file__).parent / "conf" / "config.yaml"), NAMING)
-    if not constant and not swept & set(configured):
-        return argv
     unnamed = [key for key in dict.fromkeys([*configured, *constant]) if key not in swept]
     return [*argv, f"{NAMING}=[{','.join(unnamed)}]"]
 
