@@ -170,6 +170,26 @@ class BNLSTMCell(Cell):
         o, c = lstm_memory(x_t + self.bn_h.step(w_h, t), c)
         return o * torch.tanh(self.bn_c.step(c, t)), c
 
+    def fused_recurrence(self, term: Tensor, state: State) -> tuple[Tensor, State]:
+        """All steps at once in the Triton kernels (``rbn.kernels.bn_lstm``): (T, B, H) outputs
+        and the final state. Normalizes with batch statistics when the normalizations are in
+        training mode, and keeps them for ``update_running_stats``, as the steps do."""
+        from .kernels.bn_lstm import bn_lstm  # imports Triton, only when the kernels run
+
+        bn_h, bn_c = self.bn_h, self.bn_c
+        population = None
+        if not bn_h.training:
+            population = (*bn_h.population_statistics(len(term), term.device),
+                          *bn_c.population_statistics(len(term), term.device))
+        out, c_n, batch_statistics = bn_lstm(
+            term, *state, self.weight_hh, bn_h.gamma, bn_c.gamma, bn_c.beta, bn_h.eps, bn_c.eps, population
+        )
+        if batch_statistics is not None:
+            mean_h, var_h, mean_c, var_c = batch_statistics
+            bn_h.keep_batch_statistics(mean_h, var_h)
+            bn_c.keep_batch_statistics(mean_c, var_c)
+        return out, (out[-1], c_n)
+
     def update_running_stats(self, batch_sizes: list[int]) -> None:
         self.bn_h.update_running_stats(batch_sizes)
         self.bn_c.update_running_stats(batch_sizes)
@@ -203,3 +223,12 @@ class LNLSTMCell(Cell):
         w_h = self.recurrent(h, probe_t)
         o, c = lstm_memory(x_t + self.ln_h(w_h), c)
         return o * torch.tanh(self.ln_c(c)), c
+
+    def fused_recurrence(self, term: Tensor, state: State) -> tuple[Tensor, State]:
+        """All steps at once in the Triton kernels (``rbn.kernels.ln_lstm``): (T, B, H) outputs
+        and the final state."""
+        from .kernels.ln_lstm import ln_lstm  # imports Triton, only when the kernels run
+
+        ln_h, ln_c = self.ln_h, self.ln_c
+        out, c_n = ln_lstm(term, *state, self.weight_hh, ln_h.weight, ln_h.bias, ln_c.weight, ln_c.bias, ln_h.eps)
+        return out, (out[-1], c_n)

@@ -152,6 +152,19 @@ class SequenceBatchNorm(_BatchNorm):
             x, self.running_mean[t], self.running_var[t], self.gamma, self.beta, False, 0.0, self.eps
         )
 
+    def keep_batch_statistics(self, mean: Tensor, var: Tensor) -> None:
+        """Keeps the batch statistics of a whole sequence, (T, C), the variance unbiased: what
+        ``step`` keeps one step at a time, for ``update_running_stats`` to fold in."""
+        tracked = min(len(mean), self.max_length)
+        self.batch_mean[:tracked] = mean[:tracked]
+        self.batch_var[:tracked] = var[:tracked]
+
+    def population_statistics(self, steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The running mean and variance that ``step`` normalizes timesteps 0..steps-1 with in
+        eval mode, (steps, C)."""
+        rows = self._rows(range(steps), device)
+        return self.running_mean[rows], self.running_var[rows]
+
     def update_running_stats(self, batch_sizes: list[int]) -> None:
         """Folds in the statistics that ``step`` gathered over a sequence (training mode)."""
         tracked = sum(1 for n in batch_sizes[: self.max_length] if n > 1)

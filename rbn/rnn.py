@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .cells import BNLSTMCell, Cell, LNLSTMCell, LSTMCell, State
 from .norm import SequenceBatchNorm
 
 INITS = ("orthogonal", "identity_g", "uniform")
+BACKENDS = ("auto", "triton", "eager")
 
 
 class Recurrent(nn.Module):
@@ -53,6 +55,7 @@ class Recurrent(nn.Module):
         init: str = "orthogonal",
         h0_noise_std: float = 0.0,
         compile: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -64,6 +67,8 @@ class Recurrent(nn.Module):
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
         if h0_noise_std < 0:
             raise ValueError(f"h0_noise_std must be >= 0, got {h0_noise_std}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -74,6 +79,7 @@ class Recurrent(nn.Module):
         self.init = init
         self.h0_noise_std = h0_noise_std
         self.compile_step = compile
+        self.backend = backend
         # Compiled per cell class: dynamo caches per code object, so one shared step function
         # would hit its recompile limit across cell types and fall back to eager.
         self._step = torch.compile(self.cell_class.__call__) if compile else self.cell_class.__call__
@@ -156,13 +162,14 @@ class Recurrent(nn.Module):
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
             batch_sizes = (lengths > torch.arange(steps)[:, None]).sum(1).tolist()
+        run = self._run_kernels if self._uses_kernels(x, lengths) else self._run
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction, suffix in enumerate(self._suffixes(layer)):
                 k = layer * self.num_directions + direction
                 sequence = x if direction == 0 else _reverse(x, lengths)
-                out, (h, c) = self._run(self._cell(suffix), sequence, (h0[k], c0[k]), batch_sizes)
+                out, (h, c) = run(self._cell(suffix), sequence, (h0[k], c0[k]), batch_sizes)
                 outputs.append(out if direction == 0 else _reverse(out, lengths))
                 h_n.append(h)
                 c_n.append(c)
@@ -178,6 +185,34 @@ class Recurrent(nn.Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
+
+    def _uses_kernels(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> bool:
+        """Whether this call runs on the Triton kernels: always with backend "triton" (or a
+        one-line error naming what they do not support), never with "eager", and with "auto"
+        on CUDA when they support the call."""
+        if self.backend == "eager" or (self.backend == "auto" and x.device.type != "cuda"):
+            return False
+        reason = self._kernels_unsupported(x, lengths)
+        if reason is not None and self.backend == "triton":
+            raise ValueError(f"backend='triton' does not support {reason}; backend='auto' runs such calls eagerly")
+        return reason is None
+
+    def _kernels_unsupported(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> str | None:
+        """What about this call the Triton kernels cannot run, or None."""
+        if not hasattr(self.cell_class, "fused_recurrence"):
+            return f"{type(self).__name__}, which has no Triton kernel"
+        if self.compile_step:
+            return "compile=True, which compiles the eager loop's step"
+        if lengths is not None:
+            return "lengths (padded batches)"
+        return kernels.unsupported(x, self.weight_hh_l0)
+
+    def _run_kernels(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
+        """``_run`` in the Triton kernels: the input term as there, then the whole recurrence."""
+        output = cell.fused_recurrence(cell.input_term(x, batch_sizes), state)
+        if self.training:
+            cell.update_running_stats(batch_sizes)
+        return output
 
     def _run(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
         """Runs one layer in one direction over time; the batch is sorted by length, and the

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run on CPU tensors under Triton's interpreter; it must be
+# chosen before the first kernel is built (tests/test_kernels.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import data
 import rbn

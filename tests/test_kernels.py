@@ -1,0 +1,197 @@
+"""The Triton kernels (``backend="triton"``) compute what the eager cells compute.
+
+Without a GPU they run under Triton's interpreter (conftest sets TRITON_INTERPRET=1), slowly,
+so the shapes are tiny but chosen to reach every path: H = 20 is two blocks of 16 hidden units,
+one of them partly masked; B = 5 is not a multiple of 16; T = 6 goes beyond max_length = 4.
+tests/test_cuda.py repeats the comparisons on a GPU at the benchmark shapes.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+from torch.optim.swa_utils import update_bn
+
+import rbn
+from conftest import make
+from rbn.trainer import using_batch_statistics
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+T, B, I, H = 6, 5, 3, 20
+NORMALIZED = ["BNLSTM", "LNLSTM"]
+
+
+def pair(name: str, **kwargs) -> tuple[rbn.Recurrent, rbn.Recurrent]:
+    """The same layer with the eager and the Triton backend, gains and shifts randomized so
+    that no gradient is trivially structured."""
+    eager = make(name, I, H, backend="eager", **kwargs).to(DEVICE)
+    with torch.no_grad():
+        for parameter_name, parameter in eager.named_parameters():
+            if parameter_name.startswith(("bn_", "ln_")):
+                parameter.uniform_(0.5, 1.5) if "gamma" in parameter_name or "weight" in parameter_name else parameter.normal_(0, 0.5)
+    fused = make(name, I, H, backend="triton", **kwargs).to(DEVICE)
+    fused.load_state_dict(eager.state_dict())
+    return eager, fused
+
+
+def forward_backward(model: rbn.Recurrent, x: torch.Tensor, hx: tuple | None = None) -> dict[str, torch.Tensor]:
+    """Outputs, final state and every gradient (input, initial state, parameters) of a loss
+    that weighs each output differently; and the buffers afterwards."""
+    generator = torch.Generator().manual_seed(1)
+    x = x.clone().requires_grad_()
+    hx = None if hx is None else tuple(s.clone().requires_grad_() for s in hx)
+    output, (h_n, c_n) = model(x, hx)
+    loss = sum((value * torch.randn(value.shape, generator=generator).to(DEVICE)).sum() for value in (output, h_n, c_n))
+    loss.backward()
+    result = {"output": output, "h_n": h_n, "c_n": c_n, "d input": x.grad}
+    if hx is not None:
+        result |= {"d h_0": hx[0].grad, "d c_0": hx[1].grad}
+    result |= {f"d {name}": p.grad for name, p in model.named_parameters()}
+    return result | dict(model.named_buffers())
+
+
+def assert_same(fused: dict, eager: dict) -> None:
+    """Equal to float32 rounding, which different summation orders leave relative to each
+    tensor's largest value."""
+    assert fused.keys() == eager.keys()
+    for name, expected in eager.items():
+        scale = max(1.0, float(expected.detach().abs().max()))
+        torch.testing.assert_close(fused[name], expected, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
+
+
+def inputs(num_directions: int = 1, num_layers: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    shape = (num_layers * num_directions, B, H)
+    return torch.randn(T, B, I, device=DEVICE), (torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE))
+
+
+def test_bn_lstm_kernels_train_as_the_eager_cells():
+    """Batch statistics at every step, running statistics updated for the first max_length."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    x, hx = inputs()
+    assert_same(forward_backward(fused, x, hx), forward_backward(eager, x, hx))
+
+
+def test_bn_lstm_kernels_evaluate_with_population_statistics():
+    """Steps beyond max_length reuse its last row of statistics."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    with torch.no_grad():
+        for model in (eager, fused):
+            for name, buffer in model.named_buffers():
+                torch.manual_seed(len(name))
+                if name.endswith("running_mean"):
+                    buffer.normal_()
+                elif name.endswith("running_var"):
+                    buffer.uniform_(0.5, 2.0)
+    x, hx = inputs()
+    assert_same(forward_backward(fused.eval(), x, hx), forward_backward(eager.eval(), x, hx))
+
+
+def test_bn_lstm_kernels_validate_with_batch_statistics_and_keep_the_running_ones():
+    """How the trainer validates BN-LSTM: the layer in eval mode, its normalizations not."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    x, _ = inputs()
+    results = []
+    for model in (eager, fused):
+        model.eval()
+        norms = [m for m in model.modules() if isinstance(m, rbn.SequenceBatchNorm)]
+        before = {name: b.clone() for name, b in model.named_buffers() if not name.endswith(("batch_mean", "batch_var"))}
+        with torch.no_grad(), using_batch_statistics(norms):
+            results.append(model(x)[0])
+        for name, buffer in before.items():
+            torch.testing.assert_close(model.get_buffer(name), buffer, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_ln_lstm_kernels_compute_the_eager_cell():
+    eager, fused = pair("LNLSTM")
+    x, hx = inputs()
+    assert_same(forward_backward(fused, x, hx), forward_backward(eager, x, hx))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer_name", NORMALIZED)
+def test_kernels_run_every_layer_and_direction_of_a_stack(layer_name):
+    """Two bidirectional layers with dropout and h_0 noise between the kernel calls: the
+    stack draws the same random numbers around either backend."""
+    eager, fused = pair(layer_name, num_layers=2, bidirectional=True, dropout=0.3, h0_noise_std=0.1)
+    x, hx = inputs(num_directions=2, num_layers=2)
+    results = []
+    for model in (eager, fused):
+        torch.manual_seed(0)
+        results.append(forward_backward(model, x, hx))
+    assert_same(results[1], results[0])
+
+
+def test_population_statistics_re_estimated_through_the_kernels_equal_eager():
+    """update_bn's cumulative average (momentum None), per timestep, over several batches."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    batches = [torch.randn(T, B, I, device=DEVICE) for _ in range(3)]
+    for model in (eager, fused):
+        update_bn(batches, model)
+    for (name, expected), actual in zip(eager.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# --- which calls run on the kernels ------------------------------------------------------------
+
+
+def refusal(model: rbn.Recurrent, x: torch.Tensor, **kwargs) -> str:
+    with pytest.raises(ValueError) as error:
+        model(x, **kwargs)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("layer_name", NORMALIZED)
+def test_triton_backend_refuses_float64_in_one_line(layer_name):
+    model = make(layer_name, backend="triton").double()
+    message = refusal(model, torch.randn(T, B, 3, dtype=torch.float64))
+    assert message == ("backend='triton' does not support torch.float64 parameters (float32 only; for bf16, use "
+                       "autocast); backend='auto' runs such calls eagerly")
+
+
+def test_triton_backend_refuses_padded_batches(layer_name="BNLSTM"):
+    message = refusal(make(layer_name, backend="triton"), torch.randn(T, B, 3), lengths=[T] * B)
+    assert "does not support lengths (padded batches)" in message
+
+
+def test_triton_backend_refuses_a_compiled_step():
+    message = refusal(make("LNLSTM", backend="triton", compile=True), torch.randn(T, B, 3))
+    assert "does not support compile=True, which compiles the eager loop's step" in message
+
+
+def test_triton_backend_refuses_cpu_tensors_unless_interpreted(monkeypatch):
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)
+    message = refusal(make("BNLSTM", backend="triton"), torch.randn(T, B, 3))
+    assert "does not support CPU tensors (set TRITON_INTERPRET=1 before the first call" in message
+
+
+def test_triton_backend_refuses_batches_too_large_for_one_program():
+    message = refusal(make("LNLSTM", backend="triton"), torch.randn(1, rbn.kernels.MAX_BATCH + 1, 3))
+    assert f"does not support batches over {rbn.kernels.MAX_BATCH} sequences (got {rbn.kernels.MAX_BATCH + 1})" in message
+
+
+def test_triton_backend_refuses_without_triton(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "triton" else find_spec(name, *args))
+    message = refusal(make("BNLSTM", backend="triton"), torch.randn(T, B, 3))
+    assert "does not support this environment, which has no Triton" in message
+
+
+def test_backend_must_be_one_of_the_three():
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, eager; got 'cudnn'"):
+        make("BNLSTM", backend="cudnn")
+
+
+@pytest.mark.parametrize("layer_name", NORMALIZED)
+def test_auto_runs_the_eager_loop_on_the_cpu_even_when_interpreting(layer_name, monkeypatch):
+    """The interpreter is for testing the kernels, far slower than the eager loop."""
+    def no_kernels(*args):
+        raise AssertionError("the kernels ran")
+
+    monkeypatch.setattr(make(layer_name).cell_class, "fused_recurrence", no_kernels)
+    output, _ = make(layer_name)(torch.randn(T, B, 3))
+    assert output.shape == (T, B, 4)
