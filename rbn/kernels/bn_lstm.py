@@ -22,8 +22,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, recurrent_weight_gradients,
-                     state_sequences, tanh, tiling)
+from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, multiprocessors,
+                     recurrent_weight_gradients, state_sequences, tanh, tiling)
 
 
 @triton.jit
@@ -203,7 +203,7 @@ class BNLSTMRecurrence(torch.autograd.Function):
     def forward(ctx, term, h0, c0, weight_hh, gamma_h, gamma_c, beta_c, statistics, batch_stats, eps_h, eps_c):
         steps, batch, gates = term.shape
         hidden = gates // 4
-        tiles = tiling(batch, hidden, term.device)
+        tiles = tiling(batch, hidden, multiprocessors(term.device))
         hs, cs = state_sequences(term, h0, c0)
         a_hat = torch.empty_like(term)
         counter = torch.zeros(1, dtype=torch.int32, device=term.device)

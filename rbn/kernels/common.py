@@ -107,25 +107,26 @@ class Tiling:
         return options
 
 
-def tiling(batch: int, hidden: int, device: torch.device) -> Tiling:
+def multiprocessors(device: torch.device) -> int:
+    """How many programs can run at once: the GPU's SMs; one under the interpreter, which runs
+    programs one after another."""
+    return 1 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def tiling(batch: int, hidden: int, multiprocessors: int) -> Tiling:
     """Blocks of 16 hidden units (tl.dot's smallest width), wider where 16 would need more
-    programs than the GPU has SMs; one program looping over every block when interpreted."""
+    programs than there are SMs."""
     block_b = max(16, triton.next_power_of_2(batch))
     block_h = 16
-    if INTERPRETED:
-        sms = 1
-    else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        while triton.cdiv(hidden, block_h) > sms:
-            block_h *= 2
+    while triton.cdiv(hidden, block_h) > multiprocessors and multiprocessors > 1:
+        block_h *= 2
     blocks = triton.cdiv(hidden, block_h)
     # TF32 on the tensor cores where cuDNN's RNNs use it too: torch.backends.cudnn.allow_tf32.
     precision = "tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRETED else "ieee"
     return Tiling(
-        block_b=block_b, block_h=block_h, block_k=32, blocks=blocks, programs=min(blocks, sms),
+        block_b=block_b, block_h=block_h, block_k=32, blocks=blocks, programs=min(blocks, multiprocessors),
         num_warps=4 if block_b <= 32 else 8, precision=precision,
     )
-
 
 def state_sequences(term: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
     """hs and cs, (T+1, B, H), with h_0 and c_0 in slot 0: the forward kernels write h_t and

@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, recurrent_weight_gradients,
-                     state_sequences, tanh, tiling)
+from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, multiprocessors,
+                     recurrent_weight_gradients, state_sequences, tanh, tiling)
 
 
 @triton.jit
@@ -275,7 +275,7 @@ class LNLSTMRecurrence(torch.autograd.Function):
     def forward(ctx, term, h0, c0, weight_hh, alpha_h, beta_h, alpha_c, beta_c, eps):
         steps, batch, gates = term.shape
         hidden = gates // 4
-        tiles = tiling(batch, hidden, term.device)
+        tiles = tiling(batch, hidden, multiprocessors(term.device))
         hs, cs = state_sequences(term, h0, c0)
         a_hat = torch.empty_like(term)
         var_a, mean_c, var_c = term.new_empty(3, steps, batch)
