@@ -406,7 +406,7 @@ class Trainer:
         seqMNIST run validated at 11% with them at step 300, and at 30% with population
         statistics)."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            metrics = self.evaluate("valid", batch_statistics=self._has_batch_norm())
+            metrics = self.evaluate("valid", batch_statistics=self.has_batch_norm())
             step = self.progress.step
             for name, value in metrics.items():
                 self.writer.add_scalar(f"valid/{name}", value, step)
@@ -432,7 +432,7 @@ class Trainer:
         if best is not None:
             self.model.load_state_dict(best["model"])
         results: dict[str, Any] = {"status": "finished", "step": self.progress.step, "best_step": self.progress.best_step}
-        if self._has_batch_norm():
+        if self.has_batch_norm():
             results["valid_batch_statistics"] = self.evaluate("valid", batch_statistics=True)
             self.estimate_population_statistics()
         results["valid"] = self.evaluate("valid")
@@ -445,7 +445,7 @@ class Trainer:
         }
         with atomic_path(self.run_dir / "final.pt") as tmp:
             torch.save(final, tmp)
-        if not self._has_batch_norm():
+        if not self.has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
         results["train_seconds"] = round(self.progress.train_seconds, 3)
         for key in ("valid_batch_statistics", "valid", "test"):
@@ -463,7 +463,7 @@ class Trainer:
     def _batch_norms(self) -> list[SequenceBatchNorm]:
         return [m for m in self.model.modules() if isinstance(m, SequenceBatchNorm)]
 
-    def _has_batch_norm(self) -> bool:
+    def has_batch_norm(self) -> bool:
         return bool(self._batch_norms())
 
     def _sample(self) -> str:
@@ -478,7 +478,7 @@ class Trainer:
     # --- logging -------------------------------------------------------------------------
 
     def _progress_bar(self) -> tqdm:
-        epoch_length = _epoch_length(self.dataset, self.cfg.trainer.batch_size)
+        epoch_length = epoch_length(self.dataset, self.cfg.trainer.batch_size)
         total = self.cfg.trainer.max_epochs * epoch_length
         if self.cfg.trainer.max_steps is not None:
             total = min(total, self.cfg.trainer.max_steps)
@@ -628,7 +628,7 @@ class _Diverged(Exception):
     pass
 
 
-def _epoch_length(dataset, batch_size: int) -> int:
+def epoch_length(dataset, batch_size: int) -> int:
     """Batches per training epoch (for a corpus, at offset 0; a random offset may drop one)."""
     if dataset.task == "classification":
         return math.ceil(len(dataset) / batch_size)
