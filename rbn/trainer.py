@@ -478,8 +478,7 @@ class Trainer:
     # --- logging -------------------------------------------------------------------------
 
     def _progress_bar(self) -> tqdm:
-        epoch_length = epoch_length(self.dataset, self.cfg.trainer.batch_size)
-        total = self.cfg.trainer.max_epochs * epoch_length
+        total = self.cfg.trainer.max_epochs * epoch_length(self.dataset, self.cfg.trainer.batch_size)
         if self.cfg.trainer.max_steps is not None:
             total = min(total, self.cfg.trainer.max_steps)
         self._total_steps = total
