@@ -26,6 +26,12 @@ class Init(Enum):
     uniform = "uniform"
 
 
+class Backend(Enum):
+    auto = "auto"
+    triton = "triton"
+    eager = "eager"
+
+
 class InputStats(Enum):
     per_step = "per_step"
     shared = "shared"
@@ -54,6 +60,7 @@ class LSTMConfig:
     init: Init = Init.orthogonal
     h0_noise_std: float = 0.0
     compile: bool = False
+    backend: Backend = Backend.auto
 
 
 @dataclass
@@ -210,6 +217,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("a bidirectional model cannot be a language model: it would read the characters it predicts")
     if model.name == "bnlstm" and trainer.batch_size < 2:
         raise ConfigError("BN-LSTM trains on batch statistics: trainer.batch_size must be at least 2")
+    if model.name == "lstm" and model.backend == Backend.triton:
+        raise ConfigError("model.backend=triton: rbn.LSTM has no Triton kernel; model.backend=auto runs torch's fused LSTM")
     if model.dropout and model.num_layers == 1:
         raise ConfigError("model.dropout acts between layers: it needs model.num_layers >= 2")
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import _VF, Tensor, nn
+from torch.backends.cudnn import rnn as cudnn_rnn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import kernels
 from .cells import BNLSTMCell, Cell, LNLSTMCell, LSTMCell, State
@@ -35,7 +37,12 @@ class Recurrent(nn.Module):
     is the identity: the authors' ``--init id`` for MNIST) or "uniform" (nn.LSTM's own);
     ``h0_noise_std`` adds Gaussian noise to the initial hidden state in training (the authors'
     fix for the zero batch variance that the constant first pixels of seqMNIST cause);
-    ``compile`` runs the recurrent step through ``torch.compile``.
+    ``compile`` runs the recurrent step through ``torch.compile``, in the eager loop.
+
+    ``backend`` chooses the implementation: "eager" is the Python loop here, the readable
+    reference; "auto" is a fused implementation where the layer has one (``LSTM``: torch's
+    fused LSTM), else the eager loop; "triton" asks for the fused Triton kernels. With
+    ``compile=True``, "auto" runs the eager loop, whose step is what gets compiled.
     """
 
     cell_class: type[Cell]
@@ -118,7 +125,10 @@ class Recurrent(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + f", init={self.init!r}"
+        s += f", init={self.init!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
 
     def reset_parameters(self) -> None:
         hidden = self.hidden_size
@@ -154,13 +164,30 @@ class Recurrent(nn.Module):
         steps, batch, _ = x.shape
         h0, c0 = self._initial_state(hx, batch, x, batched)
         order = None
-        if lengths is None:
-            batch_sizes = [batch] * steps
-        else:
+        if lengths is not None:
             lengths = self._check_lengths(lengths, batch, steps)
             lengths, order = lengths.sort(descending=True)
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
+        x, h_n, c_n = self._layers(x, (h0, c0), lengths)
+        if order is not None:
+            restore = order.argsort()
+            x, h_n, c_n = x[:, restore], h_n[:, restore], c_n[:, restore]
+        if not batched:
+            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        return x, (h_n, c_n)
+
+    def _layers(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The stack on x (T, B, I) from state (h_0, c_0), the batch sorted by ``lengths``
+        (descending) when given: each layer's directions, then dropout between layers. Returns
+        the last layer's output, h_n and c_n."""
+        h0, c0 = state
+        steps, batch, _ = x.shape
+        if lengths is None:
+            batch_sizes = [batch] * steps
+        else:
             batch_sizes = (lengths > torch.arange(steps)[:, None]).sum(1).tolist()
         run = self._run_kernels if self._uses_kernels(x, lengths) else self._run
         h_n, c_n = [], []
@@ -176,15 +203,7 @@ class Recurrent(nn.Module):
             x = torch.cat(outputs, 2) if self.bidirectional else outputs[0]
             if self.dropout and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, self.training)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if order is not None:
-            restore = order.argsort()
-            x, h_n, c_n = x[:, restore], h_n[:, restore], c_n[:, restore]
-        if not batched:
-            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            x = x.transpose(0, 1)
-        return x, (h_n, c_n)
+        return x, torch.stack(h_n), torch.stack(c_n)
 
     def _uses_kernels(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> bool:
         """Whether this call runs on the Triton kernels: with backend "triton", or a one-line
@@ -297,14 +316,96 @@ def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:
 
 
 class LSTM(Recurrent):
-    """``torch.nn.LSTM`` as a Python loop: the same parameters (names, shapes, gate order),
-    so ``LSTM(...).load_state_dict(torch.nn.LSTM(...).state_dict())`` works."""
+    """``torch.nn.LSTM``, with the same parameters (names, shapes, gate order), so
+    ``LSTM(...).load_state_dict(torch.nn.LSTM(...).state_dict())`` works.
+
+    ``backend="auto"`` runs the op that ``torch.nn.LSTM.forward`` runs, ``torch._VF.lstm``
+    (cuDNN on CUDA, oneDNN or native on CPU), on a ``PackedSequence``'s data when ``lengths``
+    are given; ``backend="eager"`` (or ``compile=True``, or autocast on a CPU) runs
+    ``Recurrent``'s Python loop, the reference. There is no Triton kernel.
+    """
 
     bias_names = ("bias_ih", "bias_hh")
 
     cell_class = LSTMCell
     cell_parameters = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        if backend == "triton":
+            raise ValueError("rbn.LSTM has no Triton kernel; backend='auto' runs torch's fused LSTM (cuDNN on CUDA)")
+        super().__init__(*args, backend=backend, **kwargs)
+
+    def _layer_weights(self, layer: int) -> list[Tensor]:
+        """One layer's weights in ``torch.nn.LSTM._flat_weights``' order: per direction, W_ih,
+        W_hh, and with bias b_ih, b_hh. Read at each call, so that
+        ``torch.func.functional_call`` and parametrizations are seen."""
+        names = self.cell_parameters if self.bias else self.cell_parameters[:2]
+        return [getattr(self, f"{name}{suffix}") for suffix in self._suffixes(layer) for name in names]
+
+    def flatten_parameters(self) -> None:
+        """``torch.nn.RNNBase.flatten_parameters``, layer by layer (as ``_layers`` calls cuDNN):
+        on CUDA, moves each layer's weights into one buffer laid out as cuDNN wants it, so that
+        cuDNN neither warns nor copies them at every call. The parameters stay the same objects,
+        now views into those buffers. A no-op elsewhere."""
+        weights = [w for layer in range(self.num_layers) for w in self._layer_weights(layer)]
+        first = weights[0]
+        if not all(w.is_cuda and w.dtype == first.dtype and torch.backends.cudnn.is_acceptable(w) for w in weights):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return  # tied weights would be untied
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                for layer in range(self.num_layers):
+                    layer_weights = self._layer_weights(layer)
+                    torch._cudnn_rnn_flatten_weight(
+                        layer_weights,
+                        4 if self.bias else 2,
+                        layer_weights[0].shape[1],  # the layer's input size
+                        cudnn_rnn.get_cudnn_mode("LSTM"),
+                        self.hidden_size,
+                        0,  # proj_size
+                        1,  # num_layers
+                        self.batch_first,
+                        self.bidirectional,
+                    )
+
+    def _apply(self, fn, recurse=True):
+        # As torch.nn.RNNBase._apply: .to(), .cuda(), .double() give each weight a new buffer.
+        module = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return module
+
+    def _layers(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``torch._VF.lstm``, called as ``torch.nn.LSTM.forward`` calls it (on x, or on a
+        ``PackedSequence``'s data and batch sizes), one layer at a time with ``F.dropout``
+        between layers as in the eager loop: given the dropout, cuDNN would draw it from a
+        generator state of its own, which checkpoints and CUDA graphs do not restore.
+
+        Under autocast on a CPU, the eager loop runs instead: oneDNN has no bf16 LSTM on CPUs
+        without bf16 instructions, and there ``torch.nn.LSTM`` itself fails."""
+        cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if self.backend == "eager" or self.compile_step or cpu_autocast:
+            return super()._layers(x, state, lengths)
+        steps = len(x)
+        batch_sizes = None
+        if lengths is not None:
+            x, batch_sizes = pack_padded_sequence(x, lengths)[:2]
+        h0, c0 = state
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            if layer and self.dropout:
+                x = F.dropout(x, self.dropout, self.training)
+            k = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
+            options = (self._layer_weights(layer), self.bias, 1, 0.0, self.training, self.bidirectional)
+            if batch_sizes is None:
+                x, h, c = _VF.lstm(x, (h0[k], c0[k]), *options, False)  # batch_first=False: x is (T, B, I)
+            else:
+                x, h, c = _VF.lstm(x, batch_sizes, (h0[k], c0[k]), *options)
+            h_n.append(h)
+            c_n.append(c)
+        if batch_sizes is not None:
+            x = pad_packed_sequence(PackedSequence(x, batch_sizes), total_length=steps)[0]
+        return x, torch.cat(h_n), torch.cat(c_n)
 
 class BNLSTM(Recurrent):
     """The batch-normalized LSTM of Cooijmans et al. 2016 (see ``BNLSTMCell``); ``Recurrent``'s

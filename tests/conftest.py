@@ -14,6 +14,9 @@ from data.sources import DataError
 from trainer_helpers import tiny_mnist, tiny_text
 
 LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
+# Each layer with each backend it computes differently with on this machine: rbn.LSTM's "auto" is
+# torch's fused LSTM, its "eager" the Python loop that the other layers run on a CPU.
+LAYER_BACKENDS = [("LSTM", "auto"), ("LSTM", "eager"), ("BNLSTM", "auto"), ("LNLSTM", "auto")]
 
 
 def make(name: str, input_size: int = 3, hidden_size: int = 4, **kwargs) -> rbn.Recurrent:
@@ -30,6 +33,12 @@ def seed():
 
 @pytest.fixture(params=LAYERS)
 def layer_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=LAYER_BACKENDS, ids="-".join)
+def layer_backend(request) -> tuple[str, str]:
+    """A layer's class name and a backend, for tests that every implementation must pass."""
     return request.param
 
 

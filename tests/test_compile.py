@@ -10,7 +10,7 @@ from conftest import make
 @pytest.mark.slow
 def test_compiled_step_matches_eager(layer_name, weight_gradient):
     torch._dynamo.reset()
-    eager = make(layer_name, bidirectional=True)
+    eager = make(layer_name, bidirectional=True, backend="eager")
     compiled = make(layer_name, bidirectional=True, compile=True)
     compiled.load_state_dict(eager.state_dict())
     for lengths in (None, torch.tensor([6, 2, 4, 6, 3])):

@@ -46,6 +46,12 @@ def test_every_experiment_and_model_composes_and_builds(experiment, model, monke
     assert built.recurrent.hidden_size == cfg.model.hidden_size
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_backend_reaches_the_layer(model):
+    cfg = compose_config(f"model={model}", "model.backend=eager")
+    assert build_model(cfg, stand_in_dataset(cfg)).recurrent.backend == "eager"
+
+
 def test_no_arguments_is_bnlstm_on_sequential_mnist_with_the_papers_settings():
     cfg = compose_config()
     assert (cfg.model.name, cfg.data.name, cfg.optim.name) == ("bnlstm", "seqmnist", "rmsprop")
@@ -98,6 +104,7 @@ def test_the_optimizer_can_be_swapped_within_a_preset():
         ("model.hiden_size=3", ConfigAttributeError),
         ("model.hidden_size=many", ValidationError),
         ("model.init=random", ValidationError),
+        ("model.backend=cudnn", ValidationError),
         ("trainer.precision=fp8", ValidationError),
         ("model.momentum=0.1", ConfigAttributeError),  # lstm has no batch statistics
     ],
@@ -127,6 +134,7 @@ def test_an_unknown_config_option_fails_when_composing():
         (["experiment=shakespeare", "model.bidirectional=true"], "cannot be a language model"),
         (["model.name=lstm"], "does not match the model config; choose it with model=lstm"),
         (["trainer.clip_grad_norm=0"], "clip_grad_norm must be positive or null"),
+        (["model=lstm", "model.backend=triton"], "model.backend=triton: rbn.LSTM has no Triton kernel"),
     ],
 )
 def test_an_impossible_value_or_combination_is_one_clear_line(overrides, message):

@@ -2,6 +2,7 @@
 skipped there; run them on a GPU machine with ``pytest tests/test_cuda.py``."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -20,8 +21,9 @@ def forward_backward(model, x, lengths):
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_layer_on_cuda_matches_the_cpu(layer_name, weight_gradient, train):
-    """In float64, so that the kernels' different summation orders stay far below the tolerance."""
-    cpu = make(layer_name, num_layers=2, bidirectional=True).double().train(train)
+    """The eager loop, in float64, so that the kernels' different summation orders stay far
+    below the tolerance."""
+    cpu = make(layer_name, num_layers=2, bidirectional=True, backend="eager").double().train(train)
     gpu = copy.deepcopy(cpu).cuda()
     x, lengths = torch.randn(7, 5, 3, dtype=torch.float64), torch.tensor([7, 2, 4, 7, 3])
     expected = forward_backward(cpu, x, lengths)
@@ -33,9 +35,10 @@ def test_layer_on_cuda_matches_the_cpu(layer_name, weight_gradient, train):
         torch.testing.assert_close(c.cpu(), b, msg=name)
 
 
-def test_rbn_lstm_on_cuda_matches_cudnn():
+@pytest.mark.parametrize("backend", ["auto", "eager"])
+def test_rbn_lstm_on_cuda_matches_cudnn(backend):
     reference = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).double().cuda()
-    model = make("LSTM", num_layers=2, bidirectional=True).double().cuda()
+    model = make("LSTM", num_layers=2, bidirectional=True, backend=backend).double().cuda()
     model.load_state_dict(reference.state_dict())
     x = torch.randn(7, 5, 3, dtype=torch.float64, device="cuda")
     for value, expected in zip(model(x)[1], reference(x)[1]):
@@ -45,7 +48,7 @@ def test_rbn_lstm_on_cuda_matches_cudnn():
 @pytest.mark.slow
 def test_compiled_step_on_cuda_matches_eager(layer_name):
     torch._dynamo.reset()
-    eager = make(layer_name).cuda()
+    eager = make(layer_name, backend="eager").cuda()
     compiled = make(layer_name, compile=True).cuda()
     compiled.load_state_dict(eager.state_dict())
     x = torch.randn(9, 5, 3, device="cuda")
@@ -55,6 +58,88 @@ def test_compiled_step_on_cuda_matches_eager(layer_name):
     output.sum().backward()
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def lstm_forward_backward(model, x, hx, lengths):
+    x, hx = x.clone().requires_grad_(), tuple(s.clone().requires_grad_() for s in hx)
+    output, (h_n, c_n) = model(x, hx, lengths=lengths)
+    (output.square().sum() + h_n.square().sum() + c_n.sum()).backward()
+    return [output, h_n, c_n, x.grad, *(s.grad for s in hx), *(p.grad for p in model.parameters())]
+
+
+# float32: cuDNN may use TF32 tensor cores (torch.backends.cudnn.allow_tf32, on by default).
+TOLERANCES = {torch.float64: {}, torch.float32: dict(atol=1e-2, rtol=1e-2)}
+
+
+@pytest.mark.parametrize("dtype", TOLERANCES, ids=str)
+@pytest.mark.parametrize("lengths", [None, [7, 2, 4, 7, 3]], ids=["full", "padded"])
+def test_lstm_auto_on_cuda_equals_eager(dtype, lengths):
+    auto = make("LSTM", num_layers=2, bidirectional=True).to("cuda", dtype)
+    eager = make("LSTM", num_layers=2, bidirectional=True, backend="eager").to("cuda", dtype)
+    eager.load_state_dict(auto.state_dict())
+    x = torch.randn(7, 5, 3, dtype=dtype, device="cuda")
+    hx = tuple(torch.randn(4, 5, 4, dtype=dtype, device="cuda") for _ in range(2))
+    for value, expected in zip(lstm_forward_backward(auto, x, hx, lengths), lstm_forward_backward(eager, x, hx, lengths)):
+        torch.testing.assert_close(value, expected, **TOLERANCES[dtype])
+
+
+def runs_without_copying_weights(model, x) -> bool:
+    """Whether cuDNN runs without its warning that the weights are not in one buffer (it then
+    copies them at every call)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(x)[0].sum().backward()
+    return not any("contiguous chunk of memory" in str(w.message) for w in caught)
+
+
+def test_lstm_on_cuda_keeps_its_weights_where_cudnn_wants_them():
+    model = make("LSTM", num_layers=2, bidirectional=True)
+    parameters = list(model.parameters())
+    x = torch.randn(7, 5, 3, device="cuda")
+    model.cuda()
+    assert list(model.parameters()) == parameters  # the same objects, now in cuDNN's buffers
+    assert runs_without_copying_weights(model, x)
+    model.load_state_dict(torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
+    assert runs_without_copying_weights(model, x)
+    model.reset_parameters()
+    assert runs_without_copying_weights(model, x)
+    assert runs_without_copying_weights(model.double(), x.double())
+    model.weight_hh_l1.data = model.weight_hh_l1.data.clone()  # out of its buffer: the negative control
+    assert not runs_without_copying_weights(model, x.double())
+    model.flatten_parameters()
+    assert runs_without_copying_weights(model, x.double())
+
+
+class _Outputs(torch.nn.Module):
+    """A layer with tensors only out, as make_graphed_callables wants them."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        output, (h_n, c_n) = self.layer(x)
+        return output, h_n, c_n
+
+
+def test_lstm_in_a_cuda_graph_computes_what_it_computes_eagerly():
+    """As the trainer captures it (trainer.cuda_graphs=true): forward and backward, in training,
+    with random numbers (h0 noise) drawn inside the graph."""
+    model = _Outputs(make("LSTM", num_layers=2, bidirectional=True, h0_noise_std=0.1).cuda())
+    x = torch.randn(7, 5, 3, device="cuda")
+
+    def step(forward):
+        torch.cuda.manual_seed(0)  # the same h0 noise
+        outputs = forward(x)
+        sum(value.square().sum() for value in outputs).backward()
+        results = [value.detach().clone() for value in outputs] + [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return results
+
+    expected = step(model)
+    graphed = step(torch.cuda.make_graphed_callables(model, (x,)))  # replaces model.forward: after the eager step
+    for value, reference in zip(graphed, expected):
+        torch.testing.assert_close(value, reference)
 
 
 # --- the Triton kernels (backend="triton"; "auto" on CUDA) ------------------------------------
@@ -143,17 +228,6 @@ def test_kernels_run_a_two_layer_bidirectional_stack_with_dropout(layer_name, mo
     assert max(errors.values()) < 1e-4, errors
 
 
-class _Output(torch.nn.Module):
-    """A layer's output alone, as make_graphed_callables takes it."""
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return self.layer(x)[0]
-
-
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_captured_in_a_cuda_graph_compute_what_they_compute_uncaptured(layer_name):
     """No host synchronization inside: make_graphed_callables captures forward and backward,
@@ -161,10 +235,10 @@ def test_kernels_captured_in_a_cuda_graph_compute_what_they_compute_uncaptured(l
     _, fused = kernel_pair(layer_name, 1, 100, 784)
     uncaptured = copy.deepcopy(fused)
     x = torch.randn(784, 64, 1, device="cuda")
-    graphed = torch.cuda.make_graphed_callables(_Output(fused), (x,))
+    graphed = torch.cuda.make_graphed_callables(_Outputs(fused), (x,))
     fused.load_state_dict(uncaptured.state_dict())  # the capture's warm-up updated running statistics
-    for model in (graphed, _Output(uncaptured)):
-        model(x)[-1].square().sum().backward()
+    for model in (graphed, _Outputs(uncaptured)):
+        sum(value.square().sum() for value in model(x)).backward()
     for (name, expected), actual in zip(uncaptured.state_dict().items(), fused.state_dict().values()):
         assert torch.equal(actual, expected), name
     for (name, expected), actual in zip(uncaptured.named_parameters(), fused.parameters()):

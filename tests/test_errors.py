@@ -81,10 +81,15 @@ def test_max_length_below_one(max_length):
         (dict(dropout=1.5), r"dropout must be in \[0, 1\], got 1.5"),
         (dict(init="xavier"), "init must be one of orthogonal, identity_g, uniform; got 'xavier'"),
         (dict(h0_noise_std=-1.0), "h0_noise_std must be >= 0, got -1.0"),
+        (dict(backend="cudnn"), "backend must be one of auto, triton, eager; got 'cudnn'"),
     ],
 )
 def test_bad_constructor_arguments(layer_name, kwargs, match):
     raises(ValueError, match, lambda: make(layer_name, **kwargs))
+
+
+def test_lstm_has_no_triton_backend():
+    raises(ValueError, "rbn.LSTM has no Triton kernel; backend='auto' runs torch's fused LSTM", lambda: make("LSTM", backend="triton"))
 
 
 def test_bad_input_statistics_option():

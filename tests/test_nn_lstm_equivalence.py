@@ -1,4 +1,5 @@
-"""rbn.LSTM is torch.nn.LSTM: same parameter names and layout, same outputs and gradients."""
+"""rbn.LSTM is torch.nn.LSTM: same parameter names and layout, same outputs and gradients, with
+either backend (torch's fused op, or the Python loop)."""
 
 import pytest
 import torch
@@ -15,23 +16,28 @@ CONFIGS = [
 ]
 
 
-def pair(**config):
+@pytest.fixture(params=["auto", "eager"])
+def backend(request) -> str:
+    return request.param
+
+
+def pair(backend, **config):
     reference = torch.nn.LSTM(3, 5, **config)
-    ours = rbn.LSTM(3, 5, **config)
+    ours = rbn.LSTM(3, 5, backend=backend, **config)
     ours.load_state_dict(reference.state_dict())
     return reference, ours
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_parameter_names_and_shapes_match_nn_lstm(config):
-    reference, ours = pair(**config)
+    reference, ours = pair("auto", **config)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     assert [name for name, _ in ours.named_parameters()] == [name for name, _ in reference.named_parameters()]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_outputs_and_gradients_match_nn_lstm(config):
-    reference, ours = pair(**config)
+def test_outputs_and_gradients_match_nn_lstm(config, backend):
+    reference, ours = pair(backend, **config)
     shape = (4, 7, 3) if config.get("batch_first") else (7, 4, 3)
     x = torch.randn(shape)
     hx = tuple(torch.randn(config["num_layers"] * (2 if config.get("bidirectional") else 1), 4, 5) for _ in range(2))
@@ -47,8 +53,8 @@ def test_outputs_and_gradients_match_nn_lstm(config):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_lengths_match_a_packed_sequence(bidirectional):
-    reference, ours = pair(num_layers=2, bidirectional=bidirectional)
+def test_lengths_match_a_packed_sequence(bidirectional, backend):
+    reference, ours = pair(backend, num_layers=2, bidirectional=bidirectional)
     x = torch.randn(6, 5, 3)
     lengths = torch.tensor([3, 6, 1, 4, 6])
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
@@ -60,8 +66,8 @@ def test_lengths_match_a_packed_sequence(bidirectional):
     torch.testing.assert_close(c_n, c_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_unbatched_input_matches_nn_lstm():
-    reference, ours = pair(num_layers=2)
+def test_unbatched_input_matches_nn_lstm(backend):
+    reference, ours = pair(backend, num_layers=2)
     x = torch.randn(7, 3)
     expected, (h_ref, _) = reference(x)
     output, (h_n, _) = ours(x)

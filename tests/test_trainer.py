@@ -42,11 +42,16 @@ def interrupt_at(monkeypatch, step: int) -> None:
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
         ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # at the last step, a validation due
         ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
+        ([*TINY_TEXT, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # torch's fused LSTM
         pytest.param([*TINY, "trainer.device=cuda"], 4, marks=NEEDS_CUDA),  # the CUDA generator is saved too
         pytest.param([*TINY, *CUDA_GRAPHS], 4, marks=NEEDS_CUDA),  # captured again on resume
         pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
+        pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
     ],
-    ids=["seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "cuda", "cuda-graphs", "cuda-graphs-text"],
+    ids=[
+        "seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "lstm-dropout",
+        "cuda", "cuda-graphs", "cuda-graphs-text", "cuda-graphs-lstm-dropout",
+    ],
 )
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
     cfg = compose_config(*overrides)
@@ -75,8 +80,9 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
         [*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"],  # carried state, dropout
         [*TINY_TEXT, "trainer.precision=bf16"],
         [*TINY, "model.compile=true"],
+        [*TINY_TEXT, "model=lstm", "model.num_layers=2", "model.dropout=0.5"],  # cuDNN
     ],
-    ids=["seqmnist-bnlstm", "text-lnlstm-dropout", "text-bnlstm-bf16", "compiled"],
+    ids=["seqmnist-bnlstm", "text-lnlstm-dropout", "text-bnlstm-bf16", "compiled", "text-lstm-dropout"],
 )
 def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
     for name, graphs in ("eager", "false"), ("graphed", "true"):
