@@ -93,6 +93,29 @@ def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
         torch.testing.assert_close(graphed["model"][name], value, msg=name)
 
 
+def training_losses(run_dir) -> list[float]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [event.value for event in events.Scalars("train/loss")]
+
+
+@NEEDS_CUDA
+@pytest.mark.parametrize("graphs", ["false", "true"], ids=["kernels", "kernels+graphs"])
+@pytest.mark.parametrize("model", ["bnlstm", "lnlstm"])
+def test_training_on_the_kernels_follows_the_eager_loss_curve(tmp_path, monkeypatch, model, graphs):
+    """30 steps at a step size that moves the weights: the kernels differ from the eager loop
+    by summation order only (TF32 off), which training must not amplify past 1e-3."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    common = [*TINY, f"model={model}", "model.hidden_size=48", "trainer.max_steps=30", "trainer.log_interval=1",
+              "trainer.eval_interval=30", "trainer.device=cuda", f"trainer.cuda_graphs={graphs}"]
+    for backend in ("eager", "triton"):
+        Trainer(compose_config(*common, f"model.backend={backend}"), tmp_path / backend).fit()
+    eager, kernels = training_losses(tmp_path / "eager"), training_losses(tmp_path / "triton")
+    assert len(kernels) == len(eager) >= 20
+    assert eager[-1] < eager[0]  # it learned: the curve is not flat
+    torch.testing.assert_close(torch.tensor(kernels), torch.tensor(eager), rtol=1e-3, atol=1e-4)
+
+
 def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
     interrupt_at(monkeypatch, 2)
     with pytest.raises(SystemExit) as stopped:
