@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,7 @@ class Recurrent(nn.Module):
         self.h0_noise_std = h0_noise_std
         self.compile_step = compile
         self.backend = backend
+        self._recorded_hidden: list[list[Tensor]] | None = None
         # Compiled per cell class: dynamo caches per code object, so one shared step function
         # would hit its recompile limit across cell types and fall back to eager.
         self._step = torch.compile(self.cell_class.__call__) if compile else self.cell_class.__call__
@@ -205,11 +207,26 @@ class Recurrent(nn.Module):
                 x = F.dropout(x, self.dropout, self.training)
         return x, torch.stack(h_n), torch.stack(c_n)
 
+    @contextmanager
+    def recording_hidden_states(self) -> Iterator[list[list[Tensor]]]:
+        """Within it, each forward appends, per layer and direction (nn.LSTM's order), the
+        list of h_t of every step as the time loop made them: the tensors in the autograd graph,
+        so that ``torch.autograd.grad(loss, h)`` gives d loss / d h_t through every later step
+        (the gradient flow of the paper's Figure 1). A reverse direction's list runs backward
+        in time; with ``lengths``, step t holds only the sequences still running, longest first.
+        The layer runs its eager loop meanwhile, whatever its backend: the fused
+        implementations keep no h_t of their own."""
+        self._recorded_hidden = recorded = []
+        try:
+            yield recorded
+        finally:
+            self._recorded_hidden = None
+
     def _uses_kernels(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> bool:
         """Whether this call runs on the Triton kernels: with backend "triton", or a one-line
         error naming what they do not support. "auto" does not choose them yet: they have
         passed under Triton's interpreter and compile for sm_90, but have not run on a GPU."""
-        if self.backend != "triton":
+        if self.backend != "triton" or self._recorded_hidden is not None:
             return False
         reason = self._kernels_unsupported(x, lengths)
         if reason is not None:
@@ -247,6 +264,8 @@ class Recurrent(nn.Module):
             h, c = self._step(cell, x_t, (h, c), t, cell.probe(t, n))
             outputs.append(h)
         cell.keep_hidden([state[0], *outputs[:-1]])
+        if self._recorded_hidden is not None:
+            self._recorded_hidden.append(outputs)
         if self.training:
             cell.update_running_stats(batch_sizes)
         ended.append((h, c))
@@ -321,8 +340,9 @@ class LSTM(Recurrent):
 
     ``backend="auto"`` runs the op that ``torch.nn.LSTM.forward`` runs, ``torch._VF.lstm``
     (cuDNN on CUDA, oneDNN or native on CPU), on a ``PackedSequence``'s data when ``lengths``
-    are given; ``backend="eager"`` (or ``compile=True``, or autocast on a CPU) runs
-    ``Recurrent``'s Python loop, the reference. There is no Triton kernel.
+    are given; ``backend="eager"`` (or ``compile=True``, autocast on a CPU, or
+    ``recording_hidden_states``) runs ``Recurrent``'s Python loop, the reference. There is no
+    Triton kernel.
     """
 
     bias_names = ("bias_ih", "bias_hh")
@@ -384,7 +404,7 @@ class LSTM(Recurrent):
         Under autocast on a CPU, the eager loop runs instead: oneDNN has no bf16 LSTM on CPUs
         without bf16 instructions, and there ``torch.nn.LSTM`` itself fails."""
         cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if self.backend == "eager" or self.compile_step or cpu_autocast:
+        if self.backend == "eager" or self.compile_step or cpu_autocast or self._recorded_hidden is not None:
             return super()._layers(x, state, lengths)
         steps = len(x)
         batch_sizes = None
