@@ -58,6 +58,17 @@ OPTIMIZERS = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam}
 SELECTION = {"classification": ("accuracy", True), "language_model": ("bpc", False)}
 
 
+def comparison_charts(metric: str) -> dict[str, list[str]]:
+    """The charts that compare runs, {title: scalar tags}: every run's TensorBoard
+    custom-scalars layout, and the panels of scripts/compare.py's figure."""
+    return {
+        metric: [f"train/{metric}", f"valid/{metric}"],
+        "loss": ["train/loss", "valid/loss"],
+        "gradient norm (before clipping)": ["train/grad_norm"],
+        "steps per second": ["train/steps_per_second"],
+    }
+
+
 class RunError(RuntimeError):
     """A run that cannot start or go on; the message is one line."""
 
@@ -253,6 +264,7 @@ class Trainer:
             log.info("%s has already finished; its results are in %s", self.run_dir, results_path)
             return previous
         self._write_hparams_start()
+        self._write_layout()
         try:
             self.fit()
         except _Diverged as error:
@@ -534,6 +546,13 @@ class Trainer:
         experiment, session_start, _ = hparams(flat, metrics)
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(session_start)
+
+    def _write_layout(self) -> None:
+        """The comparison charts as TensorBoard's custom-scalars layout: with several runs
+        open, each chart shows one line per run (tags are regular expressions, hence anchored)."""
+        charts = comparison_charts(SELECTION[self.task][0])
+        layout = {title: ["Multiline", [f"^{tag}$" for tag in tags]] for title, tags in charts.items()}
+        self.writer.add_custom_scalars({"compare runs": layout})
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "run": self._describe()}

@@ -1,12 +1,14 @@
 """The trainer, in process, on tiny in-memory data (the ``tiny_data`` fixture)."""
 
 import json
+import re
 import signal
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 from trainer_helpers import TINY, TINY_TEXT, compose_config
 
 import data
@@ -288,6 +290,21 @@ def test_events_hold_scalars_gain_histograms_hparams_and_samples(tmp_path):
     assert "gains/recurrent.bn_h_l0.gamma" in tags["histograms"]
     assert "samples/text_summary" in tags["tensors"]
     assert set(events.PluginTagToContent("hparams")) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+
+
+@pytest.mark.parametrize(("overrides", "metric"), [(TINY, "accuracy"), (TINY_TEXT, "bpc")], ids=["seqmnist", "text"])
+def test_events_hold_a_layout_whose_charts_show_the_runs_scalars(tmp_path, overrides, metric):
+    Trainer(compose_config(*overrides), tmp_path).run()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    (config,) = events.Tensors("custom_scalars__config__")
+    (category,) = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0]).category
+    charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
+    assert charts[metric] == [f"^train/{metric}$", f"^valid/{metric}$"]
+    scalars = events.Tags()["scalars"]
+    for title, patterns in charts.items():
+        for pattern in patterns:
+            assert any(re.search(pattern, tag) for tag in scalars), (title, pattern)
 
 
 def test_layer_norm_gains_are_in_the_histograms(tmp_path):
