@@ -1,12 +1,18 @@
-"""Compares the runs of a sweep: ``python scripts/compare.py ROOT [--out DIR]``.
+"""Compares the runs of sweeps: ``python scripts/compare.py ROOT [ROOT ...] [--out DIR]``.
 
-Reads every ``results.json`` under ROOT (one per run, as train.py writes them) and each run's
-TensorBoard events. Runs that differ only in their seed form a group. Writes to DIR (default
-ROOT):
+Reads every ``results.json`` under each ROOT (one per run, as train.py writes them) and each
+run's TensorBoard events. Within a ROOT, runs that differ only in their seed form a group;
+with several ROOTs, each group's label starts with its ROOT's name. Writes to DIR (default:
+the one ROOT; required with several):
 
 - ``compare.md``: per dataset, one row per group: test and validation metrics as mean ± std
   over its seeds (population statistics; validation with batch statistics too);
-- ``curves_<data>.png``: the validation metric against training steps, mean over seeds.
+- ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
+  training and validation metric, loss, gradient norm, steps per second) against training
+  steps, one line per group, the mean over its seeds.
+
+    python scripts/compare.py results/shakespeare
+    python scripts/compare.py results/lr1e-3 results/lr2e-3 --out results/lr
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rbn.trainer import comparison_charts  # noqa: E402
 
 METRICS = {"accuracy": "accuracy", "bpc": "bits per character"}
 # Overrides that choose what a row is (data, model) or repeat it (seed) are not part of its label.
@@ -82,45 +91,70 @@ def table(data: str, groups: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def validation_curve(run_dir: Path, metric: str) -> dict[int, float]:
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar of a run's events: {tag: {step: value}}."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    if f"valid/{metric}" not in events.Tags()["scalars"]:
-        return {}
-    return {event.step: event.value for event in events.Scalars(f"valid/{metric}")}
+    return {tag: {event.step: event.value for event in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def mean_curve(curves: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+    """The mean over runs at the steps that all of them logged."""
+    steps = sorted(set.intersection(*(set(curve) for curve in curves)))
+    return steps, [statistics.mean(curve[step] for curve in curves) for step in steps]
 
 
 def plot(data: str, groups: dict[str, list[dict]], path: Path) -> None:
+    """One panel per comparison chart; a group's color is the same in every panel, its
+    training curve thin and its validation curve marked."""
     metric = metric_of(next(iter(groups.values()))[0])
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label, runs in sorted(groups.items()):
-        curves = [validation_curve(run["dir"], metric) for run in runs]
-        steps = sorted(set.intersection(*(set(curve) for curve in curves)))
-        if steps:
-            axes.plot(steps, [statistics.mean(curve[s] for curve in curves) for s in steps], marker=".", label=f"{label} ({len(runs)})")
-    axes.set(title=f"{data}: validation", xlabel="step", ylabel=METRICS[metric])
-    axes.grid(alpha=0.3)
-    axes.legend()
+    charts = comparison_charts(metric)
+    figure, panels = plt.subplots(1, len(charts), figsize=(4.5 * len(charts), 4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (label, runs) in enumerate(sorted(groups.items())):
+        run_scalars = [scalars(run["dir"]) for run in runs]
+        for axes, tags in zip(panels[0], charts.values()):
+            for tag in tags:
+                curves = [values[tag] for values in run_scalars if tag in values]
+                if len(curves) < len(runs):
+                    continue  # a tag some runs lack (older runs) would not average over the group
+                steps, values = mean_curve(curves)
+                validation = tag.startswith("valid/")
+                axes.plot(steps, values, color=colors[index % len(colors)], marker="." if validation else None,
+                          linewidth=1.5 if validation else 0.8, label=f"{label} ({len(runs)}) {tag.split('/')[0]}")
+    for axes, title in zip(panels[0], charts):
+        axes.set(title=title, xlabel="step", ylabel=METRICS.get(title, title))
+        axes.grid(alpha=0.3)
+    panels[0][0].legend(fontsize="small")
+    figure.suptitle(data)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", type=Path, help="a sweep's directory, or any directory of runs")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: ROOT)")
+    parser.add_argument("roots", nargs="+", type=Path, metavar="ROOT", help="a sweep's directory, or any directory of runs")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the one ROOT)")
     args = parser.parse_args()
-    if not args.root.is_dir():
-        parser.error(f"{args.root} is not a directory")
-    runs = load_runs(args.root)
-    if not runs:
-        parser.error(f"no finished runs (results.json) under {args.root}")
-    out = args.out or args.root
+    if len(args.roots) > 1 and args.out is None:
+        parser.error("several ROOTs need --out: where to write the comparison")
+    if len({root.name for root in args.roots}) < len(args.roots):
+        parser.error("the ROOTs' names label their runs, and two are the same: " + " ".join(map(str, args.roots)))
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    for root in args.roots:
+        if not root.is_dir():
+            parser.error(f"{root} is not a directory")
+        runs = load_runs(root)
+        if not runs:
+            parser.error(f"no finished runs (results.json) under {root}")
+        for data, data_groups in group_runs(runs).items():
+            prefix = f"{root.name}: " if len(args.roots) > 1 else ""
+            groups[data].update({prefix + label: group for label, group in data_groups.items()})
+    out = args.out or args.roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    groups = group_runs(runs)
     report = "\n".join(table(data, groups[data]) for data in sorted(groups))
-    (out / "compare.md").write_text(f"# Runs under {args.root}\n\n{report}")
+    (out / "compare.md").write_text(f"# Runs under {', '.join(map(str, args.roots))}\n\n{report}")
     for data in sorted(groups):
         plot(data, groups[data], out / f"curves_{data}.png")
     print(report)

@@ -1,0 +1,94 @@
+"""scripts/compare.py in process, on runs written here: results.json and events as the trainer
+writes them, with values chosen so that every mean can be checked."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from rbn.trainer import comparison_charts
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
+
+
+def write_run(path: Path, model: str, seed: int, offset: float) -> None:
+    """A finished Shakespeare run whose every scalar at step s is s + offset."""
+    path.mkdir(parents=True)
+    metrics = {"loss": 1.0 + offset, "bpc": 2.0 + offset}
+    results = dict(
+        status="finished", step=4, test=metrics, valid=metrics, valid_batch_statistics=metrics,
+        run=dict(experiment="shakespeare", model=model, data="shakespeare", optim="adam", seed=seed,
+                 overrides=[f"model={model}", f"seed={seed}"]),
+    )
+    (path / "results.json").write_text(json.dumps(results))
+    with SummaryWriter(path) as writer:
+        for tag in {tag for tags in comparison_charts("bpc").values() for tag in tags}:
+            for step in (2, 4):
+                writer.add_scalar(tag, step + offset, step)
+
+
+def compare(monkeypatch, *args: str) -> list:
+    """Runs compare.py; returns the figures it drew."""
+    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = []
+    close = module.plt.close
+    monkeypatch.setattr(module.plt, "close", lambda figure: figures.append(figure) or close(figure))
+    monkeypatch.setattr(sys, "argv", ["compare.py", *args])
+    module.main()
+    return figures
+
+
+@pytest.fixture
+def two_sweeps(tmp_path) -> tuple[Path, Path]:
+    """Sweep "a": bnlstm with seeds 0 and 1 (offsets 0 and 1); sweep "b": bnlstm, one seed (offset 10)."""
+    write_run(tmp_path / "a" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    write_run(tmp_path / "a" / "model=bnlstm,seed=1", "bnlstm", 1, 1.0)
+    write_run(tmp_path / "b" / "model=bnlstm,seed=0", "bnlstm", 0, 10.0)
+    return tmp_path / "a", tmp_path / "b"
+
+
+def test_several_sweeps_are_one_table_with_rows_named_by_sweep(tmp_path, monkeypatch, two_sweeps):
+    compare(monkeypatch, *map(str, two_sweeps), "--out", str(tmp_path / "out"))
+    report = (tmp_path / "out" / "compare.md").read_text()
+    assert "| a: bnlstm | 2 | 2.5000 ± 0.7071 |" in report
+    assert "| b: bnlstm | 1 | 12.0000 |" in report
+
+
+def test_the_figure_has_the_layouts_charts_with_each_groups_mean_over_seeds(tmp_path, monkeypatch, two_sweeps):
+    (figure,) = compare(monkeypatch, *map(str, two_sweeps), "--out", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "curves_shakespeare.png").stat().st_size > 0
+    charts = comparison_charts("bpc")
+    panels = [axes for axes in figure.axes if axes.get_title()]
+    assert [axes.get_title() for axes in panels] == list(charts)
+    for axes, tags in zip(panels, charts.values()):
+        lines = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+        for tag in tags:
+            kind = tag.split("/")[0]
+            assert lines[f"a: bnlstm (2) {kind}"] == [2.5, 4.5]  # steps 2 and 4, offsets 0 and 1
+            assert lines[f"b: bnlstm (1) {kind}"] == [12.0, 14.0]
+
+
+def test_one_sweep_writes_into_itself_with_plain_labels(monkeypatch, two_sweeps):
+    compare(monkeypatch, str(two_sweeps[0]))
+    assert "| bnlstm | 2 |" in (two_sweeps[0] / "compare.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{a}", "{b}"], "several ROOTs need --out"),
+        (["{a}", "{a}", "--out", "{out}"], "the ROOTs' names label their runs, and two are the same"),
+        (["{out}"], "is not a directory"),
+    ],
+)
+def test_bad_roots_are_one_line(tmp_path, monkeypatch, capsys, two_sweeps, args, message):
+    paths = dict(a=two_sweeps[0], b=two_sweeps[1], out=tmp_path / "out")
+    with pytest.raises(SystemExit) as exit:
+        compare(monkeypatch, *(arg.format(**paths) for arg in args))
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
