@@ -17,7 +17,7 @@ def hidden_state_gradient_norms(model: nn.Module, inputs: Tensor, targets: Tenso
     batch of each sequence's ‖∂loss/∂h_t‖, the gradient through every later step (and, for a
     language model, through step t's own prediction too). The mean of per-sequence norms is
     what the authors' script for Figure 1(a) plots. The loss is the model's own mean over the
-    batch, so every norm scales as 1 / batch size: compare curves made with one batch size.
+    batch, so the norms shrink about as 1 / batch size: compare curves made with one batch size.
     Of a stack, the top layer's h_t; a bidirectional top layer's norm at time t is over both
     directions' h_t at that time. With ``lengths``, step t averages over the sequences still
     running.
