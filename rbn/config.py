@@ -144,6 +144,7 @@ class TrainerConfig:
     limit_eval_batches: Optional[int] = None  # for valid, test and population statistics
     log_interval: int = 50
     sample_length: int = 200  # characters generated at each evaluation (char models)
+    gradient_flow: bool = True  # at each validation, d loss / d h_t over t on one batch
     progress_bar: bool = True  # on a terminal; plain periodic lines otherwise
     cuda_graphs: bool = False  # capture each training step's forward and backward (CUDA only)
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim.swa_utils import update_bn
@@ -46,6 +47,7 @@ import data
 from data.sources import atomic_path
 
 from . import BNLSTM, LNLSTM, LSTM, SequenceBatchNorm
+from .analysis import hidden_state_gradient_norms
 from .cells import State
 from .config import ConfigError, Precision, check, to_dict
 from .models import CharLM, SequenceClassifier
@@ -65,6 +67,7 @@ def comparison_charts(metric: str) -> dict[str, list[str]]:
         metric: [f"train/{metric}", f"valid/{metric}"],
         "loss": ["train/loss", "valid/loss"],
         "gradient norm (before clipping)": ["train/grad_norm"],
+        "log10 |dL/dh_1| / |dL/dh_T|": ["gradient_flow/log10_first_over_last"],
         "steps per second": ["train/steps_per_second"],
     }
 
@@ -423,6 +426,8 @@ class Trainer:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"valid/{name}", value, step)
             self._log_gains(step)
+            if self.cfg.trainer.gradient_flow:
+                self._log_gradient_flow(step)
             if self.task == "language_model" and self.cfg.trainer.sample_length:
                 self.writer.add_text("samples", self._sample(), step)
         log.info("step %d valid %s", step, _format(metrics))
@@ -534,6 +539,35 @@ class Trainer:
             if isinstance(module, (SequenceBatchNorm, nn.LayerNorm)):
                 for parameter_name, parameter in module.named_parameters():
                     self.writer.add_histogram(f"gains/{name}.{parameter_name}", parameter.detach().float().cpu(), step)
+
+    def _log_gradient_flow(self, step: int) -> None:
+        """How far the gradient reaches back in time, on the first validation batch: the norm
+        of d loss / d h_t against t as a figure, the log10 ratio of its first step to its last
+        as a scalar that compares runs, and the norms of the gains' gradients (a second pass:
+        the eager loop's h_t are recorded apart). Evaluated as validation is (eval mode, BN
+        with batch statistics): no random numbers drawn, no running statistic or ``.grad``
+        changed, so that a resumed run stays exact."""
+        inputs, targets = next(iter(self.dataset.batches("valid", self.cfg.trainer.batch_size)))
+        gains = {
+            f"{name}.{parameter_name}": parameter
+            for name, module in self.model.named_modules() if isinstance(module, (SequenceBatchNorm, nn.LayerNorm))
+            for parameter_name, parameter in module.named_parameters()
+        }
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.model.eval()
+        with self._autocast(), using_batch_statistics(self._batch_norms()), torch.enable_grad():
+            norms = hidden_state_gradient_norms(self.model, inputs, targets).cpu()
+            gain_gradients = torch.autograd.grad(self._forward(inputs, targets, None)[1], list(gains.values())) if gains else []
+        self.writer.add_scalar("gradient_flow/log10_first_over_last", float((norms[0] / norms[-1]).log10()), step)
+        for name, gradient in zip(gains, gain_gradients):
+            self.writer.add_scalar(f"gain_gradients/{name}", float(gradient.norm()), step)
+        figure = Figure(figsize=(6, 3.5))
+        axes = figure.subplots()
+        axes.semilogy(range(1, len(norms) + 1), norms.numpy())
+        axes.set(xlabel="t", ylabel="|d loss / d h_t|", title=f"gradient flow at step {step}")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        self.writer.add_figure("gradient_flow/hidden_state", figure, step)
 
     def _write_hparams_start(self) -> None:
         """The hparams plugin's experiment and session start, in this run's own event file

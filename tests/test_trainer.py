@@ -1,6 +1,7 @@
 """The trainer, in process, on tiny in-memory data (the ``tiny_data`` fixture)."""
 
 import json
+import math
 import re
 import signal
 
@@ -305,6 +306,42 @@ def test_events_hold_a_layout_whose_charts_show_the_runs_scalars(tmp_path, overr
     for title, patterns in charts.items():
         for pattern in patterns:
             assert any(re.search(pattern, tag) for tag in scalars), (title, pattern)
+
+
+@pytest.mark.parametrize(("overrides", "gains"), [(TINY, True), ([*TINY_TEXT, "model=lstm"], False)], ids=["bnlstm", "lstm"])
+def test_each_validation_logs_the_gradient_flow_and_the_gains_gradients(tmp_path, overrides, gains):
+    Trainer(compose_config(*overrides), tmp_path).fit()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Images("gradient_flow/hidden_state")] == [3, 6]
+    ratios = events.Scalars("gradient_flow/log10_first_over_last")
+    assert [event.step for event in ratios] == [3, 6] and all(math.isfinite(event.value) for event in ratios)
+    gain_tags = [tag for tag in events.Tags()["scalars"] if tag.startswith("gain_gradients/")]
+    assert ("gain_gradients/recurrent.bn_c_l0.gamma" in gain_tags) == gains
+    assert len(gain_tags) == (4 if gains else 0)  # gamma of BN(W_x x), BN(W_h h), BN(c) and beta of BN(c)
+
+
+def test_the_gradient_flow_changes_no_parameter_gradient_statistic_or_random_state(tmp_path):
+    trainer = Trainer(compose_config(*TINY), tmp_path)
+    for parameter in trainer.model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    grads = [parameter.grad.clone() for parameter in trainer.model.parameters()]
+    rng = torch.get_rng_state()
+    trainer._log_gradient_flow(step=1)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    for parameter, grad in zip(trainer.model.parameters(), grads):
+        assert torch.equal(parameter.grad, grad)
+
+
+def test_the_gradient_flow_can_be_turned_off(tmp_path):
+    Trainer(compose_config(*TINY, "trainer.gradient_flow=false"), tmp_path).fit()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == []
+    assert not any(tag.startswith(("gradient_flow/", "gain_gradients/")) for tag in events.Tags()["scalars"])
 
 
 def test_layer_norm_gains_are_in_the_histograms(tmp_path):
