@@ -183,7 +183,9 @@ class SequenceBatchNorm(_BatchNorm):
         count = self.num_batches_tracked[:tracked]
         count += 1
         if self.momentum is None:  # cumulative average, as update_bn asks for
-            weight = (1.0 / count).unsqueeze(1).to(mean.dtype)
+            # 1 / count in the statistics' own dtype: a float32 weight would round float64
+            # statistics to ~1e-8.
+            weight = count.to(self.running_mean.dtype).reciprocal().unsqueeze(1)
         else:
             weight = self.momentum
         self.running_mean[:tracked].lerp_(mean, weight)

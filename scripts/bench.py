@@ -1,4 +1,6 @@
-"""Times rbn's layers against torch.nn.LSTM (oneDNN on CPU, cuDNN on GPU) in one process.
+"""Times rbn's layers against torch.nn.LSTM (oneDNN on CPU, cuDNN on GPU) in one process,
+and against a BN-LSTM of the most-used public port's design (a per-step Python loop, see
+``PortStyleBNLSTM``), which rbn.BNLSTM must not be slower than.
 
 Forward + backward per batch, the variants interleaved within each round, medians over
 rounds. Prints a table of ratios to nn.LSTM and writes JSON. Compile time (first call of a
@@ -27,9 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
-import torch  # noqa: E402  (after the cache directory is set)
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
@@ -45,6 +46,50 @@ LAYERS = {
     "BNLSTM": lambda i, h, T, **kw: rbn.BNLSTM(i, h, max_length=T, **kw),
     "LNLSTM": lambda i, h, T, **kw: rbn.LNLSTM(i, h, **kw),
 }
+PORT_STYLE = "port-style BN-LSTM"
+
+
+class PerStepBatchNorm(torch.nn.Module):
+    """nn.BatchNorm1d with a row of running statistics per timestep, which F.batch_norm
+    updates in place at every step, and gains shared over time."""
+
+    def __init__(self, features: int, max_length: int, center: bool) -> None:
+        super().__init__()
+        self.gamma = torch.nn.Parameter(torch.full((features,), 0.1))
+        self.beta = torch.nn.Parameter(torch.zeros(features)) if center else None
+        self.register_buffer("running_mean", torch.zeros(max_length, features))
+        self.register_buffer("running_var", torch.ones(max_length, features))
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean[t], self.running_var[t], self.gamma, self.beta, self.training, 0.1, 1e-5)
+
+
+class PortStyleBNLSTM(torch.nn.Module):
+    """A baseline BN-LSTM of the design of the most-used public PyTorch port (written here,
+    not copied): a Python loop over timesteps that multiplies and batch-normalizes W_x x_t and
+    W_h h_{t-1} at every step, with statistics for each of max_length timesteps. rbn.BNLSTM's
+    equations, gate order and gains, and its names less "_l0", so that its state loads here."""
+
+    def __init__(self, input_size: int, hidden_size: int, max_length: int) -> None:
+        super().__init__()
+        bound = hidden_size**-0.5
+        self.weight_ih = torch.nn.Parameter(torch.empty(4 * hidden_size, input_size).uniform_(-bound, bound))
+        self.weight_hh = torch.nn.Parameter(torch.empty(4 * hidden_size, hidden_size).uniform_(-bound, bound))
+        self.bias = torch.nn.Parameter(torch.zeros(4 * hidden_size))
+        self.bn_x = PerStepBatchNorm(4 * hidden_size, max_length, center=False)
+        self.bn_h = PerStepBatchNorm(4 * hidden_size, max_length, center=False)
+        self.bn_c = PerStepBatchNorm(hidden_size, max_length, center=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        h = c = x.new_zeros(x.shape[1], self.weight_hh.shape[1])
+        outputs = []
+        for t, x_t in enumerate(x.unbind(0)):
+            gates = self.bn_x(F.linear(x_t, self.weight_ih), t) + self.bn_h(F.linear(h, self.weight_hh), t) + self.bias
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(self.bn_c(c, t))
+            outputs.append(h)
+        return torch.stack(outputs), (h, c)
 
 
 def shape(spec: str) -> tuple[str, tuple[int, int, int, int]]:
@@ -79,7 +124,7 @@ def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: 
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
-    models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device)}
+    models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device), PORT_STYLE: PortStyleBNLSTM(input_size, hidden, steps).to(device)}
     first_call = {}
     for layer, make in LAYERS.items():
         models[layer] = make(input_size, hidden, steps).to(device)
@@ -208,6 +253,9 @@ def main() -> None:
                         help="also time one timestep's kernels alone against nn.LSTM's time per timestep")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
+    # Cold compile times; set here, not on import, so that importing this module (the tests
+    # do) leaves the process's cache alone. Inductor reads it at its first compilation.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
     if args.rounds < 5:
         parser.error("--rounds must be at least 5 for a meaningful median")
     device = torch.device(args.device)

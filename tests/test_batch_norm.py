@@ -72,6 +72,30 @@ def test_update_bn_computes_the_average_of_per_timestep_batch_statistics():
     assert norm.momentum == 0.1 and norm.num_batches_tracked.tolist() == [3] * 6
 
 
+def fold_in(norm: rbn.SequenceBatchNorm, x: torch.Tensor, entry: str) -> None:
+    """One training batch's statistics into ``norm``, by one of its three entry points."""
+    if entry == "whole sequence":
+        norm(x)
+    elif entry == "step by step":
+        for t, x_t in enumerate(x):
+            norm.step(x_t, t)
+        norm.update_running_stats([x.shape[1]] * len(x))
+    else:  # as the Triton kernels hand them over
+        norm.keep_batch_statistics(x.mean(1), x.var(1))
+        norm.update_running_stats([x.shape[1]] * len(x))
+
+
+@pytest.mark.parametrize("entry", ["whole sequence", "step by step", "batch statistics kept"])
+def test_the_cumulative_average_of_float64_statistics_is_exact_to_float64(entry):
+    norm = rbn.SequenceBatchNorm(3, max_length=6, momentum=None).double()
+    batches = [torch.randn(6, 8, 3, dtype=torch.double) * (1 + i) + i for i in range(3)]
+    for x in batches:
+        fold_in(norm, x, entry)
+    # Weights 1, 1/2, 1/3: in float32, 1/3 alone would leave a relative error of 3e-8.
+    torch.testing.assert_close(norm.running_mean, torch.stack([b.mean(1) for b in batches]).mean(0), rtol=0, atol=1e-14)
+    torch.testing.assert_close(norm.running_var, torch.stack([b.var(1) for b in batches]).mean(0), rtol=0, atol=1e-14)
+
+
 def drifting_batch(steps=12, batch=256):
     """Inputs whose scale grows 100x along time, so statistics must differ per timestep."""
     scale = torch.logspace(0, 2, steps)[:, None, None]

@@ -1,14 +1,18 @@
-"""scripts/bench.py on a tiny shape: every layer and kernel is timed against nn.LSTM."""
+"""scripts/bench.py on a tiny shape: every layer and kernel is timed against nn.LSTM, and the
+port-style baseline computes what rbn.BNLSTM computes, so that their times compare."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import rbn
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-pytestmark = pytest.mark.slow  # each test starts a Python process that imports torch
 TINY_SHAPE = "4,6,2,3"  # batch, steps, input size, hidden size
 
 
@@ -16,12 +20,50 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300)
 
 
+def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PortStyleBNLSTM(*args, **kwargs)
+
+
+def forward_backward(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs, the gradients of the parameters and the running statistics, by name less "_l0"."""
+    output, (h_n, c_n) = module(x)
+    torch.manual_seed(1)  # the same gradients of the output and of c_n for both modules
+    loss = (output * torch.randn_like(output)).sum() + (c_n.flatten() * torch.randn_like(c_n.flatten())).sum()
+    parameters = dict(module.named_parameters())
+    grads = dict(zip(parameters, torch.autograd.grad(loss, list(parameters.values()))))
+    statistics = {name: value for name, value in module.state_dict().items() if "running" in name}
+    named = dict(output=output, h_n=h_n.flatten(), c_n=c_n.flatten(), **grads, **statistics)
+    return {name.replace("_l0", ""): value for name, value in named.items()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_port_style_baseline_computes_what_bnlstm_computes(training):
+    steps, batch, input_size, hidden = 5, 4, 2, 3
+    layer = rbn.BNLSTM(input_size, hidden, max_length=steps).double().train(training)
+    with torch.no_grad():  # every parameter and statistic away from its initial value
+        for tensor in layer.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+    port = port_style_bnlstm(input_size, hidden, max_length=steps).double().train(training)
+    state = {name.replace("_l0", ""): value.clone() for name, value in layer.state_dict().items()}
+    port.load_state_dict({name: state[name] for name in port.state_dict()})
+    x = torch.randn(steps, batch, input_size, dtype=torch.double)
+    expected, actual = forward_backward(layer, x), forward_backward(port, x)
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, msg=name)
+
+
+@pytest.mark.slow  # starts a Python process that imports torch
 def test_every_layer_and_kernel_is_timed_against_nn_lstm(tmp_path):
     report_path = tmp_path / "bench.json"
     run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--json", str(report_path))
     assert run.returncode == 0, run.stderr
     report = json.loads(report_path.read_text())
-    assert [row["layer"] for row in report["results"]] == ["nn.LSTM", "LSTM", "BNLSTM", "LNLSTM"]
+    assert [row["layer"] for row in report["results"]] == ["nn.LSTM", "port-style BN-LSTM", "LSTM", "BNLSTM", "LNLSTM"]
     assert report["results"][0]["ratio"] == 1.0
     assert all(row["median_s"] > 0 and row["shape"] == TINY_SHAPE for row in report["results"])
     kernels = {row["kernel"]: row["median_us"] for row in report["kernels"]}
@@ -30,6 +72,7 @@ def test_every_layer_and_kernel_is_timed_against_nn_lstm(tmp_path):
     assert "| LNLSTM" in run.stdout
 
 
+@pytest.mark.slow
 def test_a_shape_that_is_not_four_positive_integers_is_one_line():
     run = bench("--shapes", "4,6,0,3")
     assert run.returncode == 2
