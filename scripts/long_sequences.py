@@ -59,17 +59,21 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
     batch_size = cfg.trainer.batch_size
     stream = math.ceil((len(corpus.splits["test"]) - 1) / batch_size)  # as CharCorpus.batches cuts it
     if longest > stream:
-        raise UnreadableRun(f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})")
+        raise UnreadableRun(
+            f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})"
+        )
     return run_dir, cfg, corpus, final["model"]
 
 
 @torch.no_grad()
 def bpc_on_test_split(
-    model: torch.nn.Module, sequences: data.CharCorpus, batch_size: int, carry_state: bool,
+    model: torch.nn.Module, corpus: data.CharCorpus, length: int, batch_size: int, carry_state: bool,
     limit_batches: int | None, device: torch.device,
 ) -> float:
-    """Bits per character on the test split, read ``sequences.segment_length`` characters at a
-    time, each sequence from a zero state unless ``carry_state``."""
+    """Bits per character on the test split read ``length`` characters at a time (the
+    trainer's evaluation batches with another segment length), each sequence from a zero
+    state unless ``carry_state``."""
+    sequences = data.CharCorpus(corpus.vocab, corpus.splits, length)
     metrics = Metrics("language_model")
     state = None
     for inputs, targets in itertools.islice(sequences.batches("test", batch_size), limit_batches):
@@ -96,12 +100,16 @@ def measure(
     bf16 = cfg.trainer.precision == Precision.bf16.value
     rows = []
     for statistics in STATISTICS if norms else (None,):
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16), using_batch_statistics(norms if statistics == "batch" else []):
+        batch_norms = norms if statistics == "batch" else []
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16), using_batch_statistics(batch_norms):
             bpc = {
-                length: bpc_on_test_split(model, data.CharCorpus(corpus.vocab, corpus.splits, length), cfg.trainer.batch_size, carry_state, limit_batches, device)
+                length: bpc_on_test_split(model, corpus, length, cfg.trainer.batch_size, carry_state, limit_batches, device)
                 for length in lengths
             }
-        rows.append({"run": run_dir.name, "model": cfg.model.name, "statistics": statistics, "trained_on": corpus.segment_length, "bpc": bpc})
+        rows.append({
+            "run": run_dir.name, "model": cfg.model.name, "statistics": statistics,
+            "trained_on": corpus.segment_length, "bpc": bpc,
+        })
     return rows
 
 
@@ -147,8 +155,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="runs of a character model")
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 500, 1000], help="test sequence lengths")
-    parser.add_argument("--carry-state", action="store_true", help="carry the state along each stream, as the trainer's evaluation does")
-    parser.add_argument("--limit-batches", type=int, default=None, help="evaluate only the first N batches of each length, for quick runs")
+    parser.add_argument(
+        "--carry-state", action="store_true", help="carry the state along each stream, as the trainer's evaluation does"
+    )
+    parser.add_argument(
+        "--limit-batches", type=int, default=None, help="evaluate only the first N batches of each length, for quick runs"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("."), help="where to write the table and the figure")
     args = parser.parse_args()

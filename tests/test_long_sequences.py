@@ -58,12 +58,17 @@ def table_rows(lines: list[str]) -> dict[tuple[str, str], list[float]]:
     return rows
 
 
+def recorded_test_bpc(trainer: Trainer) -> float:
+    """The run's test bpc as its final evaluation wrote it."""
+    return json.loads((trainer.run_dir / "results.json").read_text())["test"]["bpc"]
+
+
 def run_dirs(trainers) -> list[Path]:
     return [trainer.run_dir for trainer in trainers.values()]
 
 
 def test_with_the_state_carried_the_training_length_gives_the_trainers_test_bpc(trainers, monkeypatch, capsys):
-    results = {model: json.loads((trainer.run_dir / "results.json").read_text())["test"]["bpc"] for model, trainer in trainers.items()}
+    results = {model: recorded_test_bpc(trainer) for model, trainer in trainers.items()}
     expected = {
         ("bnlstm", "population"): results["bnlstm"],
         # The trainer tests with population statistics only; its own evaluation with batch statistics:
@@ -81,10 +86,10 @@ def test_limit_batches_evaluates_the_first_batches_as_the_trainers_limit_does(tr
     lstm = trainers["lstm"]
     monkeypatch.setattr(lstm.cfg.trainer, "limit_eval_batches", 2)
     expected = lstm.evaluate("test")["bpc"]
-    rows = table_rows(long_sequences(monkeypatch, capsys, lstm.run_dir, "--lengths", TRAINING_LENGTH, "--carry-state", "--limit-batches", 2))
+    arguments = [lstm.run_dir, "--lengths", TRAINING_LENGTH, "--carry-state", "--limit-batches", 2]
+    rows = table_rows(long_sequences(monkeypatch, capsys, *arguments))
     assert rows["lstm", "-"][0] == pytest.approx(expected, abs=5e-5)
-    whole_split = json.loads((lstm.run_dir / "results.json").read_text())["test"]["bpc"]
-    assert expected != pytest.approx(whole_split, abs=1e-3)  # the limit leaves batches out
+    assert expected != pytest.approx(recorded_test_bpc(lstm), abs=1e-3)  # the limit leaves batches out
 
 
 @pytest.mark.parametrize("model", ["lstm", "lnlstm"])  # the layers that never mix the sequences of a batch
