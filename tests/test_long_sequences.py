@@ -1,0 +1,161 @@
+"""scripts/long_sequences.py, in process on the trainer's tiny corpus (``tiny_text``: test
+streams of 34 characters at batch size 4), with runs trained on segments of 8."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from trainer_helpers import TINY, TINY_TEXT, compose_config, tiny_mnist, tiny_text
+
+import data
+from rbn.config import to_dict
+from rbn.trainer import Trainer, build_dataset, build_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "long_sequences.py"
+MODELS = ("bnlstm", "lstm", "lnlstm")
+TRAINING_LENGTH = 8
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory):
+    """One finished tiny run per model, trained once for the module's tests, with the whole
+    test split evaluated (its last batch padded); the tiny corpus stays in place of
+    Shakespeare until the module's tests are done."""
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "shakespeare", tiny_text)
+        patch.setattr(data, "load_mnist", tiny_mnist)
+        runs = {}
+        for model in MODELS:
+            cfg = compose_config(*TINY_TEXT, f"model={model}", "trainer.limit_eval_batches=null")
+            runs[model] = Trainer(cfg, root / model)
+            runs[model].run()
+        yield runs
+
+
+def long_sequences(monkeypatch, capsys, *args) -> list[str]:
+    """The script's printed lines."""
+    spec = importlib.util.spec_from_file_location("long_sequences", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["long_sequences.py", *map(str, args)])
+    module.main()
+    return capsys.readouterr().out.splitlines()
+
+
+def table_rows(lines: list[str]) -> dict[tuple[str, str], list[float]]:
+    """{(run, statistics): bpc at each length} from the printed table."""
+    rows = {}
+    for line in lines:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] in MODELS:
+            rows[cells[0], cells[2]] = [float(cell) for cell in cells[4:]]
+    return rows
+
+
+def recorded_test_bpc(trainer: Trainer) -> float:
+    """The run's test bpc as its final evaluation wrote it."""
+    return json.loads((trainer.run_dir / "results.json").read_text())["test"]["bpc"]
+
+
+def run_dirs(trainers) -> list[Path]:
+    return [trainer.run_dir for trainer in trainers.values()]
+
+
+def test_with_the_state_carried_the_training_length_gives_the_trainers_test_bpc(trainers, monkeypatch, capsys):
+    results = {model: recorded_test_bpc(trainer) for model, trainer in trainers.items()}
+    expected = {
+        ("bnlstm", "population"): results["bnlstm"],
+        # The trainer tests with population statistics only; its own evaluation with batch statistics:
+        ("bnlstm", "batch"): trainers["bnlstm"].evaluate("test", batch_statistics=True)["bpc"],
+        ("lstm", "-"): results["lstm"],
+        ("lnlstm", "-"): results["lnlstm"],
+    }
+    rows = table_rows(long_sequences(monkeypatch, capsys, *run_dirs(trainers), "--lengths", TRAINING_LENGTH, "--carry-state"))
+    assert rows.keys() == expected.keys()
+    for row, bpc in expected.items():
+        assert rows[row][0] == pytest.approx(bpc, abs=5e-5), row  # printed to 4 decimals
+
+
+def test_limit_batches_evaluates_the_first_batches_as_the_trainers_limit_does(trainers, monkeypatch, capsys):
+    lstm = trainers["lstm"]
+    monkeypatch.setattr(lstm.cfg.trainer, "limit_eval_batches", 2)
+    expected = lstm.evaluate("test")["bpc"]
+    arguments = [lstm.run_dir, "--lengths", TRAINING_LENGTH, "--carry-state", "--limit-batches", 2]
+    rows = table_rows(long_sequences(monkeypatch, capsys, *arguments))
+    assert rows["lstm", "-"][0] == pytest.approx(expected, abs=5e-5)
+    assert expected != pytest.approx(recorded_test_bpc(lstm), abs=1e-3)  # the limit leaves batches out
+
+
+@pytest.mark.parametrize("model", ["lstm", "lnlstm"])  # the layers that never mix the sequences of a batch
+def test_each_sequence_is_predicted_as_if_read_alone_from_a_zero_state(trainers, model, monkeypatch, capsys):
+    length = 2 * TRAINING_LENGTH
+    run_dir = trainers[model].run_dir
+    final = torch.load(run_dir / "final.pt", weights_only=True)
+    cfg = OmegaConf.create(final["config"])
+    corpus = build_dataset(cfg)
+    lm = build_model(cfg, corpus)
+    lm.load_state_dict(final["model"])
+    lm.eval()
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for inputs, targets in data.CharCorpus(corpus.vocab, corpus.splits, length).batches("test", cfg.trainer.batch_size):
+            for sequence, following in zip(inputs, targets):
+                valid = int((following != data.IGNORE_INDEX).sum())
+                if valid:
+                    _, loss, _ = lm(sequence[None, :valid], following[None, :valid])
+                    nats += float(loss) * valid
+                    count += valid
+    rows = table_rows(long_sequences(monkeypatch, capsys, run_dir, "--lengths", length))
+    assert rows[model, "-"][0] == pytest.approx(data.bits_per_character(nats / count), abs=5e-5)
+
+
+def test_lengths_beyond_max_length_give_finite_bpc(trainers, monkeypatch, capsys):
+    bnlstm = trainers["bnlstm"]
+    assert bnlstm.model.recurrent.max_length == TRAINING_LENGTH
+    lengths = [TRAINING_LENGTH, 2 * TRAINING_LENGTH, 4 * TRAINING_LENGTH]
+    rows = table_rows(long_sequences(monkeypatch, capsys, bnlstm.run_dir, "--lengths", *lengths))
+    assert rows.keys() == {("bnlstm", "population"), ("bnlstm", "batch")}
+    for row, bpc in rows.items():
+        assert len(bpc) == len(lengths) and all(math.isfinite(value) for value in bpc), row
+
+
+def test_writes_the_printed_table_and_a_figure(trainers, tmp_path, monkeypatch, capsys):
+    lines = long_sequences(monkeypatch, capsys, *run_dirs(trainers), "--lengths", 8, 16, "--out", tmp_path)
+    written = (tmp_path / "long_sequences.md").read_text()
+    assert len(table_rows(written.splitlines())) == 4  # BN-LSTM twice, LSTM, LN-LSTM
+    assert "\n".join(lines).startswith(written.rstrip("\n"))
+    figure = (tmp_path / "long_sequences.png").read_bytes()
+    assert figure.startswith(b"\x89PNG") and len(figure) < 150_000
+
+
+def write_final(run_dir: Path, *overrides: str) -> Path:
+    """A final.pt that holds only a config: enough for the checks made before any model is built."""
+    run_dir.mkdir()
+    torch.save({"config": to_dict(compose_config(*overrides)), "model": {}, "permutation": None}, run_dir / "final.pt")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["{tmp}"], "final.pt does not exist"),
+        (["{mnist}"], "is a seqmnist run; this script reads character-level language models"),
+        (["{lstm}", "--lengths", "35"], "--lengths 35 is longer than the test streams"),
+        (["{lstm}", "--lengths", "8", "0"], "--lengths must be positive, got 0"),
+        (["{lstm}", "--limit-batches", "0"], "--limit-batches must be positive, got 0"),
+    ],
+    ids=["no-final-pt", "classification-run", "longer-than-streams", "zero-length", "zero-batches"],
+)
+def test_bad_runs_and_options_are_one_line_errors(trainers, tmp_path, monkeypatch, capsys, arguments, message):
+    places = {"tmp": tmp_path, "mnist": write_final(tmp_path / "mnist", *TINY), "lstm": trainers["lstm"].run_dir}
+    with pytest.raises(SystemExit) as exit:
+        long_sequences(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("long_sequences.py: error: ") and message in error
