@@ -148,9 +148,12 @@ class SequenceBatchNorm(_BatchNorm):
                 )
             return F.batch_norm(x, None, None, self.gamma, self.beta, True, 0.0, self.eps)
         t = min(t, self.max_length - 1)
-        return F.batch_norm(
-            x, self.running_mean[t], self.running_var[t], self.gamma, self.beta, False, 0.0, self.eps
-        )
+        mean, var = self.running_mean[t], self.running_var[t]
+        if self.training:
+            # A single sequence, beyond max_length: its row may be one that this training
+            # step's update_running_stats then changes in place, which backward would refuse.
+            mean, var = mean.clone(), var.clone()
+        return F.batch_norm(x, mean, var, self.gamma, self.beta, False, 0.0, self.eps)
 
     def keep_batch_statistics(self, mean: Tensor, var: Tensor) -> None:
         """Keeps the batch statistics of a whole sequence, (T, C), the variance unbiased: what

@@ -38,6 +38,14 @@ def test_gradients_are_exact_beyond_max_length():
     check(make("BNLSTM", input_size=2, hidden_size=2, max_length=2), torch.randn(5, 3, 2))
 
 
+def test_gradients_are_exact_with_a_single_sequence_left_beyond_max_length():
+    """Its steps normalize with the last row of population statistics, which the same
+    training step then updates in place (with momentum 0, to the same values, so that
+    gradcheck's repeated calls see one function)."""
+    model = make("BNLSTM", input_size=2, hidden_size=2, max_length=2, momentum=0.0)
+    check(model, torch.randn(5, 3, 2), lengths=torch.tensor([5, 2, 3]))
+
+
 def test_gradients_are_exact_with_shared_input_statistics():
     model = make("BNLSTM", input_size=2, hidden_size=2, input_stats="shared")
     check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
