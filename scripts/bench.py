@@ -39,8 +39,11 @@ from rbn.cells import lstm_memory  # noqa: E402
 
 SHAPES = {  # name: (batch, steps, input_size, hidden_size), the paper's tasks
     "seqmnist": (64, 784, 1, 100),
+    "seqmnist100": (100, 784, 1, 100),  # the seqmnist preset's batch
     "ptb_char": (64, 100, 50, 1000),
+    "text8": (128, 180, 27, 2000),
 }
+DEFAULT_SHAPES = ("seqmnist", "ptb_char")  # the others take long on a CPU
 LAYERS = {
     "LSTM": lambda i, h, T, **kw: rbn.LSTM(i, h, **kw),
     "BNLSTM": lambda i, h, T, **kw: rbn.BNLSTM(i, h, max_length=T, **kw),
@@ -241,8 +244,9 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", type=shape, default=[shape(name) for name in SHAPES],
-                        help=f"{', '.join(SHAPES)} (default: both), or B,T,I,H: batch, steps, input and hidden size")
+    parser.add_argument("--shapes", nargs="+", type=shape, default=[shape(name) for name in DEFAULT_SHAPES],
+                        help=f"{', '.join(SHAPES)} (default: {' '.join(DEFAULT_SHAPES)}), "
+                             "or B,T,I,H: batch, steps, input and hidden size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")

@@ -1,6 +1,7 @@
 """scripts/bench.py on a tiny shape: every layer and kernel is timed against nn.LSTM, and the
 port-style baseline computes what rbn.BNLSTM computes, so that their times compare."""
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -20,11 +21,17 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300)
 
 
-def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:
+@functools.cache
+def bench_module():
+    """scripts/bench.py imported in this process, for what needs no subprocess."""
     spec = importlib.util.spec_from_file_location("bench", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.PortStyleBNLSTM(*args, **kwargs)
+    return module
+
+
+def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:
+    return bench_module().PortStyleBNLSTM(*args, **kwargs)
 
 
 def forward_backward(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -70,6 +77,11 @@ def test_every_layer_and_kernel_is_timed_against_nn_lstm(tmp_path):
     assert {"nn.LSTM, per timestep", "W_h h (GEMM), d/dh", "gate math", "batch_norm(gates)"} <= kernels.keys()
     assert all(us > 0 for us in kernels.values())
     assert "| LNLSTM" in run.stdout
+
+
+def test_the_named_shapes_are_the_tasks_batch_steps_input_and_hidden_sizes():
+    assert bench_module().SHAPES["seqmnist100"] == (100, 784, 1, 100)
+    assert bench_module().SHAPES["text8"] == (128, 180, 27, 2000)
 
 
 @pytest.mark.slow
