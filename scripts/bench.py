@@ -49,6 +49,11 @@ LAYERS = {
     "BNLSTM": lambda i, h, T, **kw: rbn.BNLSTM(i, h, max_length=T, **kw),
     "LNLSTM": lambda i, h, T, **kw: rbn.LNLSTM(i, h, **kw),
 }
+BACKENDS = {  # each layer's rows: its fused implementation, if any, and its Python loop
+    "LSTM": ("auto", "eager"),  # auto: torch's fused LSTM op (cuDNN on CUDA)
+    "BNLSTM": ("eager", "triton"),
+    "LNLSTM": ("eager", "triton"),
+}
 PORT_STYLE = "port-style BN-LSTM"
 
 
@@ -123,20 +128,33 @@ def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool, cuda_graphs: bool) -> list[dict]:
+def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool,
+                cuda_graphs: bool) -> tuple[list[dict], dict[str, str]]:
+    """A row per variant, and the variants not run with why."""
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
     models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device), PORT_STYLE: PortStyleBNLSTM(input_size, hidden, steps).to(device)}
-    first_call = {}
+    first_call, skipped = {}, {}
     for layer, make in LAYERS.items():
-        models[layer] = make(input_size, hidden, steps).to(device)
+        backends = []
+        for backend in BACKENDS[layer]:
+            label = layer if backend == "auto" else f"{layer} {backend}"
+            model = make(input_size, hidden, steps, backend=backend).to(device)
+            # Asked of the kernels, not of the device: they also run on CPU under TRITON_INTERPRET=1.
+            reason = rbn.kernels.unsupported(x, model.weight_hh_l0) if backend == "triton" else None
+            if reason is None:
+                models[label] = model
+                backends.append((label, backend))
+            else:
+                skipped[label] = reason
         if compile:
             models[f"{layer} compiled"] = make(input_size, hidden, steps, compile=True).to(device)
-        if cuda_graphs:
+        for label, backend in backends if cuda_graphs else []:
+            model = make(input_size, hidden, steps, backend=backend).to(device)
             start = time.perf_counter()
-            models[f"{layer} CUDA graph"] = torch.cuda.make_graphed_callables(make(input_size, hidden, steps).to(device), (x,))
-            first_call[f"{layer} CUDA graph"] = time.perf_counter() - start
+            models[f"{label} CUDA graph"] = torch.cuda.make_graphed_callables(model, (x,))
+            first_call[f"{label} CUDA graph"] = time.perf_counter() - start
     for label, model in models.items():  # warm-up; compiles
         first_call[label] = first_call.get(label, 0.0) + time_batch(model, x)
     times = {label: [] for label in models}
@@ -154,7 +172,7 @@ def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: 
                 compile_s=first_call[label] - median if label.endswith(("compiled", "graph")) else None,
             )
         )
-    return rows
+    return rows, skipped
 
 
 def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool) -> list[dict]:
@@ -267,16 +285,20 @@ def main() -> None:
         parser.error("--cuda-graphs needs --device cuda")
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
-    rows = []
+    rows, skipped = [], []
     for name, dims in args.shapes:
         batch, steps, input_size, hidden = dims
         print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
-        print(f"| {'layer':<18} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
-        print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
-        for row in bench_shape(name, dims, device, args.rounds, args.compile, args.cuda_graphs):
+        print(f"| {'layer':<24} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
+        print(f"|{'-' * 26}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+        shape_rows, shape_skipped = bench_shape(name, dims, device, args.rounds, args.compile, args.cuda_graphs)
+        for row in shape_rows:
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
-            print(f"| {row['layer']:<18} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
-            rows.append(row)
+            print(f"| {row['layer']:<24} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
+        for label, reason in shape_skipped.items():
+            print(f"{label}: not run, as the Triton kernels do not support {reason}")
+        rows += shape_rows
+        skipped += [dict(shape=name, layer=label, reason=reason) for label, reason in shape_skipped.items()]
     kernels = []
     for name, dims in args.shapes if args.kernels else []:
         print(f"\n| {name + ': one timestep':<32} | {'us fwd+bwd':>10} |")
@@ -291,7 +313,7 @@ def main() -> None:
         for row in loaders:
             ms = 1e3 / row["batches_per_s"]
             print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
-    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, kernels=kernels, loaders=loaders)
+    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, skipped=skipped, kernels=kernels, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
 

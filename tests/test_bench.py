@@ -4,6 +4,7 @@ port-style baseline computes what rbn.BNLSTM computes, so that their times compa
 import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,20 @@ BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY_SHAPE = "4,6,2,3"  # batch, steps, input size, hidden size
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300)
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else os.environ | env)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One run on the tiny shape, shared by the tests that read it (each run starts torch).
+    Triton's interpreter runs the kernels on CPU, so that their rows are there too."""
+    report_path = tmp_path_factory.mktemp("bench") / "bench.json"
+    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--json", str(report_path),
+                env={"TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, run.stderr
+    return run, json.loads(report_path.read_text())
 
 
 @functools.cache
@@ -65,18 +78,24 @@ def test_the_port_style_baseline_computes_what_bnlstm_computes(training):
 
 
 @pytest.mark.slow  # starts a Python process that imports torch
-def test_every_layer_and_kernel_is_timed_against_nn_lstm(tmp_path):
-    report_path = tmp_path / "bench.json"
-    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--json", str(report_path))
-    assert run.returncode == 0, run.stderr
-    report = json.loads(report_path.read_text())
-    assert [row["layer"] for row in report["results"]] == ["nn.LSTM", "port-style BN-LSTM", "LSTM", "BNLSTM", "LNLSTM"]
+def test_every_layer_and_kernel_is_timed_against_nn_lstm(tiny_run):
+    run, report = tiny_run
+    assert [row["layer"] for row in report["results"]] == [
+        "nn.LSTM", "port-style BN-LSTM", "LSTM", "LSTM eager", "BNLSTM eager", "BNLSTM triton", "LNLSTM eager", "LNLSTM triton",
+    ]
     assert report["results"][0]["ratio"] == 1.0
     assert all(row["median_s"] > 0 and row["shape"] == TINY_SHAPE for row in report["results"])
     kernels = {row["kernel"]: row["median_us"] for row in report["kernels"]}
     assert {"nn.LSTM, per timestep", "W_h h (GEMM), d/dh", "gate math", "batch_norm(gates)"} <= kernels.keys()
     assert all(us > 0 for us in kernels.values())
-    assert "| LNLSTM" in run.stdout
+    assert "| LNLSTM triton" in run.stdout
+
+
+def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monkeypatch):
+    monkeypatch.setattr(rbn.kernels, "unsupported", lambda x, weight: "tiny things")
+    rows, skipped = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False)
+    assert skipped == {"BNLSTM triton": "tiny things", "LNLSTM triton": "tiny things"}
+    assert not any(row["layer"].endswith("triton") for row in rows)
 
 
 def test_the_named_shapes_are_the_tasks_batch_steps_input_and_hidden_sizes():
