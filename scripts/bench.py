@@ -27,7 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,7 @@ BACKENDS = {  # each layer's rows: its fused implementation, if any, and its Pyt
     "LNLSTM": ("eager", "triton"),
 }
 PORT_STYLE = "port-style BN-LSTM"
+T = TypeVar("T")
 
 
 class PerStepBatchNorm(torch.nn.Module):
@@ -118,24 +121,41 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def forward_backward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    output, _ = model(x)
+    output.sum().backward()
+
+
 def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Seconds for one forward + backward pass."""
     synchronize(x.device)
     start = time.perf_counter()
-    output, _ = model(x)
-    output.sum().backward()
+    forward_backward(model, x)
     synchronize(x.device)
     return time.perf_counter() - start
 
 
+def peak_mb(run: Callable[[], T]) -> tuple[T, float]:
+    """What run() returns, and the most CUDA memory it held at once beyond what was allocated
+    before it, in MB."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = run()
+    torch.cuda.synchronize()
+    return result, (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool,
                 cuda_graphs: bool) -> tuple[list[dict], dict[str, str]]:
-    """A row per variant, and the variants not run with why."""
+    """A row per variant, and the variants not run with why. On CUDA, a row's peak memory is
+    that of one forward + backward, gradients included; a CUDA graph's is its capture's, as
+    a graph allocates all it needs then, in a pool of its own that its replays reuse."""
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
     models = {"nn.LSTM": torch.nn.LSTM(input_size, hidden).to(device), PORT_STYLE: PortStyleBNLSTM(input_size, hidden, steps).to(device)}
-    first_call, skipped = {}, {}
+    first_call, skipped, peak = {}, {}, {}
     for layer, make in LAYERS.items():
         backends = []
         for backend in BACKENDS[layer]:
@@ -152,11 +172,16 @@ def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: 
             models[f"{layer} compiled"] = make(input_size, hidden, steps, compile=True).to(device)
         for label, backend in backends if cuda_graphs else []:
             model = make(input_size, hidden, steps, backend=backend).to(device)
+            graph = f"{label} CUDA graph"
             start = time.perf_counter()
-            models[f"{label} CUDA graph"] = torch.cuda.make_graphed_callables(model, (x,))
-            first_call[f"{label} CUDA graph"] = time.perf_counter() - start
+            models[graph], peak[graph] = peak_mb(lambda: torch.cuda.make_graphed_callables(model, (x,)))
+            first_call[graph] = time.perf_counter() - start
     for label, model in models.items():  # warm-up; compiles
         first_call[label] = first_call.get(label, 0.0) + time_batch(model, x)
+    for label, model in models.items() if device.type == "cuda" else []:
+        if label not in peak:
+            model.zero_grad(set_to_none=True)  # so that the gradients count, as in a capture
+            _, peak[label] = peak_mb(lambda: forward_backward(model, x))
     times = {label: [] for label in models}
     for _ in range(rounds):
         for label, model in models.items():
@@ -169,6 +194,7 @@ def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: 
             dict(
                 shape=name, layer=label, batch=batch, steps=steps, input_size=input_size, hidden_size=hidden,
                 median_s=median, ratio=median / baseline, rounds=rounds,
+                peak_mb=peak.get(label), peak_ratio=peak[label] / peak["nn.LSTM"] if peak else None,
                 compile_s=first_call[label] - median if label.endswith(("compiled", "graph")) else None,
             )
         )
@@ -289,12 +315,15 @@ def main() -> None:
     for name, dims in args.shapes:
         batch, steps, input_size, hidden = dims
         print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
-        print(f"| {'layer':<24} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'compile s':>9} |")
-        print(f"|{'-' * 26}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+        print(f"| {'layer':<24} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'peak MB':>9} | {'MB x nn.LSTM':>12} | {'compile s':>9} |")
+        print(f"|{'-' * 26}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 11}|")
         shape_rows, shape_skipped = bench_shape(name, dims, device, args.rounds, args.compile, args.cuda_graphs)
         for row in shape_rows:
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
-            print(f"| {row['layer']:<24} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {compile_s:>9} |")
+            peak = "" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}"
+            peak_ratio = "" if row["peak_ratio"] is None else f"{row['peak_ratio']:.2f}"
+            print(f"| {row['layer']:<24} | {1e3 * row['median_s']:>9.1f} | {row['ratio']:>9.2f} | {peak:>9} "
+                  f"| {peak_ratio:>12} | {compile_s:>9} |")
         for label, reason in shape_skipped.items():
             print(f"{label}: not run, as the Triton kernels do not support {reason}")
         rows += shape_rows

@@ -91,6 +91,31 @@ def test_every_layer_and_kernel_is_timed_against_nn_lstm(tiny_run):
     assert "| LNLSTM triton" in run.stdout
 
 
+@pytest.mark.slow
+def test_peak_memory_is_left_blank_on_cpu(tiny_run):
+    _, report = tiny_run
+    assert all(row["peak_mb"] is None and row["peak_ratio"] is None for row in report["results"])
+
+
+@pytest.fixture(scope="module")
+def cuda_rows() -> list[dict]:
+    rows, _ = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True)
+    return rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_every_row_has_its_peak_memory_and_its_ratio_to_nn_lstms(cuda_rows):
+    assert all(row["peak_mb"] > 0 for row in cuda_rows)
+    assert cuda_rows[0]["layer"] == "nn.LSTM" and cuda_rows[0]["peak_ratio"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_capture_every_backend_of_every_layer(cuda_rows):
+    graphs = [row["layer"] for row in cuda_rows if row["layer"].endswith("CUDA graph")]
+    assert graphs == [f"{label} CUDA graph" for label in
+                      ("LSTM", "LSTM eager", "BNLSTM eager", "BNLSTM triton", "LNLSTM eager", "LNLSTM triton")]
+
+
 def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monkeypatch):
     monkeypatch.setattr(rbn.kernels, "unsupported", lambda x, weight: "tiny things")
     rows, skipped = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False)
