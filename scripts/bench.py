@@ -20,6 +20,7 @@ are present), which must stay far faster than a training step.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -277,6 +278,19 @@ def bench_loaders(seconds: float = 2.0) -> list[dict]:
     return rows
 
 
+def tf32_settings() -> dict:
+    """Where float32 math runs in TF32: cuDNN (nn.LSTM, and rbn.LSTM's fused op on CUDA),
+    float32 matmuls (every other GEMM: the eager loops', the input terms'), and the Triton
+    kernels' tl.dot, whose input precision rbn.kernels.common.tiling derives from cuDNN's
+    setting ("ieee" under the interpreter; None without Triton)."""
+    triton_dot = None
+    if importlib.util.find_spec("triton") is not None:
+        from rbn.kernels import common  # imports Triton
+
+        triton_dot = common.tiling(batch=1, hidden=16, multiprocessors=1).precision
+    return dict(cudnn=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32, triton_dot=triton_dot)
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -286,7 +300,7 @@ def machine(device: torch.device) -> str:
     return f"{models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=shape, default=[shape(name) for name in DEFAULT_SHAPES],
                         help=f"{', '.join(SHAPES)} (default: {' '.join(DEFAULT_SHAPES)}), "
@@ -295,22 +309,37 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     parser.add_argument("--cuda-graphs", action="store_true",
-                        help="also time each layer captured whole (forward and backward) in CUDA graphs")
+                        help="also time each layer's rows, triton ones included, captured whole (forward "
+                             "and backward) in CUDA graphs")
+    parser.add_argument("--tf32", action="store_true",
+                        help="run float32 matmuls in TF32 (torch.backends.cuda.matmul.allow_tf32), so that the GEMMs "
+                             "outside cuDNN (the eager loops', the input terms) match cuDNN's LSTM and the Triton "
+                             "kernels' tl.dot, which use TF32 by default (torch.backends.cudnn.allow_tf32); "
+                             "default: off")
     parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
     parser.add_argument("--kernels", action="store_true",
                         help="also time one timestep's kernels alone against nn.LSTM's time per timestep")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.rounds < 5:
+        parser.error("--rounds must be at least 5 for a meaningful median")
+    if args.cuda_graphs and torch.device(args.device).type != "cuda":
+        parser.error("--cuda-graphs needs --device cuda")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     # Cold compile times; set here, not on import, so that importing this module (the tests
     # do) leaves the process's cache alone. Inductor reads it at its first compilation.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
-    if args.rounds < 5:
-        parser.error("--rounds must be at least 5 for a meaningful median")
     device = torch.device(args.device)
-    if args.cuda_graphs and device.type != "cuda":
-        parser.error("--cuda-graphs needs --device cuda")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    tf32 = tf32_settings()
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
+    print(f"TF32: cuDNN {'on' if tf32['cudnn'] else 'off'}, float32 matmuls {'on' if tf32['matmul'] else 'off (--tf32 turns them on)'}, "
+          f"Triton kernels' tl.dot input_precision={tf32['triton_dot']}")
     rows, skipped = [], []
     for name, dims in args.shapes:
         batch, steps, input_size, hidden = dims
@@ -342,7 +371,8 @@ def main() -> None:
         for row in loaders:
             ms = 1e3 / row["batches_per_s"]
             print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
-    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), results=rows, skipped=skipped, kernels=kernels, loaders=loaders)
+    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), tf32=tf32,
+                  results=rows, skipped=skipped, kernels=kernels, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
 

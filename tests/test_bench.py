@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     """One run on the tiny shape, shared by the tests that read it (each run starts torch).
     Triton's interpreter runs the kernels on CPU, so that their rows are there too."""
     report_path = tmp_path_factory.mktemp("bench") / "bench.json"
-    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--json", str(report_path),
+    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--tf32", "--json", str(report_path),
                 env={"TRITON_INTERPRET": "1"})
     assert run.returncode == 0, run.stderr
     return run, json.loads(report_path.read_text())
@@ -97,6 +97,17 @@ def test_peak_memory_is_left_blank_on_cpu(tiny_run):
     assert all(row["peak_mb"] is None and row["peak_ratio"] is None for row in report["results"])
 
 
+@pytest.mark.slow
+def test_the_report_says_where_tf32_was_on(tiny_run):
+    _, report = tiny_run  # run with --tf32, under Triton's interpreter, which computes in IEEE float32
+    assert report["tf32"] == {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": True, "triton_dot": "ieee"}
+
+
+def test_float32_matmuls_stay_out_of_tf32_unless_asked():
+    assert not bench_module().arguments([]).tf32
+    assert bench_module().arguments(["--tf32"]).tf32
+
+
 @pytest.fixture(scope="module")
 def cuda_rows() -> list[dict]:
     rows, _ = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True)
@@ -121,6 +132,10 @@ def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monke
     rows, skipped = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False)
     assert skipped == {"BNLSTM triton": "tiny things", "LNLSTM triton": "tiny things"}
     assert not any(row["layer"].endswith("triton") for row in rows)
+
+
+def test_by_default_only_the_shapes_a_cpu_runs_in_minutes_are_timed():
+    assert [name for name, _ in bench_module().arguments([]).shapes] == ["seqmnist", "ptb_char"]
 
 
 def test_the_named_shapes_are_the_tasks_batch_steps_input_and_hidden_sizes():
