@@ -34,6 +34,8 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
@@ -58,6 +60,7 @@ BACKENDS = {  # each layer's rows: its fused implementation, if any, and its Pyt
     "LNLSTM": ("eager", "triton"),
 }
 PORT_STYLE = "port-style BN-LSTM"
+PROFILE_TOP = 10  # kernels shown per variant
 T = TypeVar("T")
 
 
@@ -147,9 +150,40 @@ def peak_mb(run: Callable[[], T]) -> tuple[T, float]:
     return result, (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def profile_kernels(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    """One forward + backward under torch.profiler: the self time and calls of all its CUDA
+    kernels (on CPU, of its operators), and the PROFILE_TOP with the most self time."""
+    on_cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profiler:
+        forward_backward(model, x)
+        synchronize(x.device)
+
+    def self_us(event) -> float:
+        return event.self_device_time_total if on_cuda else event.self_cpu_time_total
+
+    def on_the_device(event) -> bool:
+        # Operators and record_function ranges carry their kernels' device time too: counting
+        # them would count it twice. The filter of key_averages().table()'s own device total.
+        return event.device_type != DeviceType.CPU and not event.is_user_annotation
+
+    events = [event for event in profiler.key_averages() if self_us(event) > 0 and (on_the_device(event) or not on_cuda)]
+    events.sort(key=self_us, reverse=True)
+    return dict(
+        self_ms=sum(map(self_us, events)) / 1e3,
+        calls=sum(event.count for event in events),
+        kernels=[
+            dict(kernel=event.key, calls=event.count, self_ms=self_us(event) / 1e3,
+                 total_ms=(event.device_time_total if on_cuda else event.cpu_time_total) / 1e3)
+            for event in events[:PROFILE_TOP]
+        ],
+    )
+
+
 def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool,
-                cuda_graphs: bool) -> tuple[list[dict], dict[str, str]]:
-    """A row per variant, and the variants not run with why. On CUDA, a row's peak memory is
+                cuda_graphs: bool, profile: bool = False) -> tuple[list[dict], dict[str, str], list[dict]]:
+    """A row per variant, the variants not run with why, and with profile, each variant's
+    profile_kernels. On CUDA, a row's peak memory is
     that of one forward + backward, gradients included; a CUDA graph's is its capture's, as
     a graph allocates all it needs then, in a pool of its own that its replays reuse."""
     batch, steps, input_size, hidden = dims
@@ -199,7 +233,8 @@ def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: 
                 compile_s=first_call[label] - median if label.endswith(("compiled", "graph")) else None,
             )
         )
-    return rows, skipped
+    profiles = [dict(shape=name, layer=label, **profile_kernels(model, x)) for label, model in models.items()] if profile else []
+    return rows, skipped, profiles
 
 
 def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool) -> list[dict]:
@@ -291,6 +326,17 @@ def tf32_settings() -> dict:
     return dict(cudnn=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32, triton_dot=triton_dot)
 
 
+def print_profile(entry: dict, where: str) -> None:
+    print(f"\n{entry['layer']}: {entry['calls']} calls, {entry['self_ms']:.3f} ms self {where} time in all")
+    print(f"| {'kernel' if where == 'device' else 'operator':<60} | {'calls':>6} | {'self ms':>9} | {'total ms':>9} | {'% of all':>8} |")
+    print(f"|{'-' * 62}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 10}|")
+    for kernel in entry["kernels"]:
+        # CUDA kernels' names are whole template signatures; the JSON keeps them whole.
+        name = kernel["kernel"] if len(kernel["kernel"]) <= 60 else kernel["kernel"][:57] + "..."
+        share = 100 * kernel["self_ms"] / entry["self_ms"]
+        print(f"| {name:<60} | {kernel['calls']:>6} | {kernel['self_ms']:>9.3f} | {kernel['total_ms']:>9.3f} | {share:>8.1f} |")
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -319,6 +365,9 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
     parser.add_argument("--kernels", action="store_true",
                         help="also time one timestep's kernels alone against nn.LSTM's time per timestep")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"also profile one forward+backward of each row: its {PROFILE_TOP} kernels with the most "
+                             "self device time (on CPU, operators by self CPU time), with calls and total time")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     if args.rounds < 5:
@@ -334,19 +383,22 @@ def main() -> None:
     # do) leaves the process's cache alone. Inductor reads it at its first compilation.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
     device = torch.device(args.device)
+    where = "device" if device.type == "cuda" else "CPU"
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     tf32 = tf32_settings()
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
     print(f"TF32: cuDNN {'on' if tf32['cudnn'] else 'off'}, float32 matmuls {'on' if tf32['matmul'] else 'off (--tf32 turns them on)'}, "
           f"Triton kernels' tl.dot input_precision={tf32['triton_dot']}")
-    rows, skipped = [], []
+    rows, skipped, profiles = [], [], []
     for name, dims in args.shapes:
         batch, steps, input_size, hidden = dims
         print(f"\n{name}: batch {batch}, T {steps}, input {input_size}, hidden {hidden}")
         print(f"| {'layer':<24} | {'ms/batch':>9} | {'x nn.LSTM':>9} | {'peak MB':>9} | {'MB x nn.LSTM':>12} | {'compile s':>9} |")
         print(f"|{'-' * 26}|{'-' * 11}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 11}|")
-        shape_rows, shape_skipped = bench_shape(name, dims, device, args.rounds, args.compile, args.cuda_graphs)
+        shape_rows, shape_skipped, shape_profiles = bench_shape(
+            name, dims, device, args.rounds, args.compile, args.cuda_graphs, args.profile
+        )
         for row in shape_rows:
             compile_s = "" if row["compile_s"] is None else f"{row['compile_s']:.1f}"
             peak = "" if row["peak_mb"] is None else f"{row['peak_mb']:.1f}"
@@ -355,8 +407,13 @@ def main() -> None:
                   f"| {peak_ratio:>12} | {compile_s:>9} |")
         for label, reason in shape_skipped.items():
             print(f"{label}: not run, as the Triton kernels do not support {reason}")
+        if shape_profiles:
+            print(f"\n{name}: profile of one forward+backward, top {PROFILE_TOP} by self {where} time")
+        for entry in shape_profiles:
+            print_profile(entry, where)
         rows += shape_rows
         skipped += [dict(shape=name, layer=label, reason=reason) for label, reason in shape_skipped.items()]
+        profiles += shape_profiles
     kernels = []
     for name, dims in args.shapes if args.kernels else []:
         print(f"\n| {name + ': one timestep':<32} | {'us fwd+bwd':>10} |")
@@ -372,7 +429,7 @@ def main() -> None:
             ms = 1e3 / row["batches_per_s"]
             print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
     report = dict(torch=torch.__version__, device=args.device, machine=machine(device), tf32=tf32,
-                  results=rows, skipped=skipped, kernels=kernels, loaders=loaders)
+                  results=rows, skipped=skipped, profile=profiles, kernels=kernels, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")
 

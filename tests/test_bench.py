@@ -28,7 +28,8 @@ def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     """One run on the tiny shape, shared by the tests that read it (each run starts torch).
     Triton's interpreter runs the kernels on CPU, so that their rows are there too."""
     report_path = tmp_path_factory.mktemp("bench") / "bench.json"
-    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--tf32", "--json", str(report_path),
+    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--tf32", "--profile",
+                "--json", str(report_path),
                 env={"TRITON_INTERPRET": "1"})
     assert run.returncode == 0, run.stderr
     return run, json.loads(report_path.read_text())
@@ -98,6 +99,17 @@ def test_peak_memory_is_left_blank_on_cpu(tiny_run):
 
 
 @pytest.mark.slow
+def test_the_profile_gives_each_rows_top_kernels_by_self_time_with_calls_and_total_time(tiny_run):
+    _, report = tiny_run
+    assert [entry["layer"] for entry in report["profile"]] == [row["layer"] for row in report["results"]]
+    for entry in report["profile"]:
+        self_ms = [kernel["self_ms"] for kernel in entry["kernels"]]
+        assert 0 < len(self_ms) <= 10 and self_ms == sorted(self_ms, reverse=True)
+        assert all(kernel["calls"] > 0 and kernel["total_ms"] >= kernel["self_ms"] > 0 for kernel in entry["kernels"])
+        assert entry["self_ms"] >= sum(self_ms)
+
+
+@pytest.mark.slow
 def test_the_report_says_where_tf32_was_on(tiny_run):
     _, report = tiny_run  # run with --tf32, under Triton's interpreter, which computes in IEEE float32
     assert report["tf32"] == {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": True, "triton_dot": "ieee"}
@@ -109,27 +121,38 @@ def test_float32_matmuls_stay_out_of_tf32_unless_asked():
 
 
 @pytest.fixture(scope="module")
-def cuda_rows() -> list[dict]:
-    rows, _ = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True)
-    return rows
+def cuda_run() -> tuple[list[dict], list[dict]]:
+    rows, _, profiles = bench_module().bench_shape(
+        TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True, profile=True
+    )
+    return rows, profiles
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_every_row_has_its_peak_memory_and_its_ratio_to_nn_lstms(cuda_rows):
+def test_on_cuda_every_row_has_its_peak_memory_and_its_ratio_to_nn_lstms(cuda_run):
+    cuda_rows, _ = cuda_run
     assert all(row["peak_mb"] > 0 for row in cuda_rows)
     assert cuda_rows[0]["layer"] == "nn.LSTM" and cuda_rows[0]["peak_ratio"] == 1.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graphs_capture_every_backend_of_every_layer(cuda_rows):
+def test_cuda_graphs_capture_every_backend_of_every_layer(cuda_run):
+    cuda_rows, _ = cuda_run
     graphs = [row["layer"] for row in cuda_rows if row["layer"].endswith("CUDA graph")]
     assert graphs == [f"{label} CUDA graph" for label in
                       ("LSTM", "LSTM eager", "BNLSTM eager", "BNLSTM triton", "LNLSTM eager", "LNLSTM triton")]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_profile_lists_kernels_not_the_operators_that_launch_them(cuda_run):
+    _, profiles = cuda_run
+    for entry in profiles:
+        assert entry["kernels"] and not any(kernel["kernel"].startswith("aten::") for kernel in entry["kernels"])
+
+
 def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monkeypatch):
     monkeypatch.setattr(rbn.kernels, "unsupported", lambda x, weight: "tiny things")
-    rows, skipped = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False)
+    rows, skipped, _ = bench_module().bench_shape(TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False)
     assert skipped == {"BNLSTM triton": "tiny things", "LNLSTM triton": "tiny things"}
     assert not any(row["layer"].endswith("triton") for row in rows)
 
