@@ -3,18 +3,31 @@ and against a BN-LSTM of the most-used public port's design (a per-step Python l
 ``PortStyleBNLSTM``), which rbn.BNLSTM must not be slower than.
 
 Forward + backward per batch, the variants interleaved within each round, medians over
-rounds. Prints a table of ratios to nn.LSTM and writes JSON. Compile time (first call of a
-compiled layer minus its median) is reported separately, cold: inductor gets a fresh cache
-directory, and dynamo compiles each cell class once per process, so a later shape shows only
-its recompilation.
+rounds. Prints a table of ratios to nn.LSTM and writes JSON. A row per implementation:
+"LSTM" is torch's fused LSTM op and "LSTM eager" rbn's Python loop; "BNLSTM eager" and
+"LNLSTM eager" are the loops and "BNLSTM triton" and "LNLSTM triton" the fused Triton
+kernels, wherever rbn.kernels.unsupported lets them run (on a CPU, only under
+TRITON_INTERPRET=1); "compiled" rows compile the loop's step, and --cuda-graphs adds each
+row captured whole in CUDA graphs. Compile time (first call of a compiled layer minus its
+median) is reported separately, cold: inductor gets a fresh cache directory, and dynamo
+compiles each cell class once per process, so a later shape shows only its recompilation.
+
+On CUDA each row also gives its peak memory, and its ratio to nn.LSTM's. The header says
+where TF32 was on: cuDNN's LSTM and the Triton kernels' tl.dot use it by default, the other
+GEMMs only with --tf32. --profile shows where each row's time goes, kernel by kernel.
 
 It also times the data loaders (training batches per second of every dataset whose files
 are present), which must stay far faster than a training step.
 
-    python scripts/bench.py                       # both shapes, eager and compiled, loaders
+    python scripts/bench.py                       # seqmnist and ptb_char, eager and compiled, loaders
     python scripts/bench.py --shapes seqmnist --no-compile --rounds 7
     python scripts/bench.py --shapes seqmnist --kernels --no-loaders   # one timestep's kernels alone
-    python scripts/bench.py --shapes 128,180,27,2000 --no-compile        # any B,T,I,H (here text8's)
+    python scripts/bench.py --shapes 32,200,10,256 --no-compile        # any B,T,I,H
+    python scripts/bench.py --shapes ptb_char --no-compile --no-loaders --profile   # each row's top kernels
+    TRITON_INTERPRET=1 python scripts/bench.py --shapes 8,12,3,5 --no-compile --no-loaders   # triton rows on a CPU
+
+    # on a GPU: the README's table
+    python scripts/bench.py --shapes seqmnist seqmnist100 ptb_char text8 --cuda-graphs --no-loaders
 """
 
 from __future__ import annotations
@@ -162,13 +175,15 @@ def profile_kernels(model: torch.nn.Module, x: torch.Tensor) -> dict:
     def self_us(event) -> float:
         return event.self_device_time_total if on_cuda else event.self_cpu_time_total
 
-    def on_the_device(event) -> bool:
-        # Operators and record_function ranges carry their kernels' device time too: counting
-        # them would count it twice. The filter of key_averages().table()'s own device total.
+    def counted(event) -> bool:
+        if not on_cuda:
+            return True
+        # Only the device's own events: operators and record_function ranges carry their
+        # kernels' device time too. The filter of key_averages().table()'s own device total.
         return event.device_type != DeviceType.CPU and not event.is_user_annotation
 
-    events = [event for event in profiler.key_averages() if self_us(event) > 0 and (on_the_device(event) or not on_cuda)]
-    events.sort(key=self_us, reverse=True)
+    events = sorted((event for event in profiler.key_averages() if counted(event) and self_us(event) > 0),
+                    key=self_us, reverse=True)
     return dict(
         self_ms=sum(map(self_us, events)) / 1e3,
         calls=sum(event.count for event in events),
@@ -182,10 +197,10 @@ def profile_kernels(model: torch.nn.Module, x: torch.Tensor) -> dict:
 
 def bench_shape(name: str, dims: tuple[int, ...], device: torch.device, rounds: int, compile: bool,
                 cuda_graphs: bool, profile: bool = False) -> tuple[list[dict], dict[str, str], list[dict]]:
-    """A row per variant, the variants not run with why, and with profile, each variant's
-    profile_kernels. On CUDA, a row's peak memory is
-    that of one forward + backward, gradients included; a CUDA graph's is its capture's, as
-    a graph allocates all it needs then, in a pool of its own that its replays reuse."""
+    """A row per variant, the variants not run with why, and with profile each variant's
+    profile_kernels. On CUDA, a row's peak memory is that of one forward + backward,
+    gradients included; a CUDA graph's is its capture's, as a graph allocates all it needs
+    then, in a pool of its own that its replays reuse."""
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
     x = torch.randn(steps, batch, input_size, device=device)
