@@ -403,7 +403,8 @@ def main() -> None:
     tf32 = tf32_settings()
     print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"TF32: cuDNN {'on' if tf32['cudnn'] else 'off'}, float32 matmuls {'on' if tf32['matmul'] else 'off (--tf32 turns them on)'}, "
+    matmul = "on" if tf32["matmul"] else "off (--tf32 turns them on)"
+    print(f"TF32: cuDNN {'on' if tf32['cudnn'] else 'off'}, float32 matmuls {matmul}, "
           f"Triton kernels' tl.dot input_precision={tf32['triton_dot']}")
     rows, skipped, profiles = [], [], []
     for name, dims in args.shapes:
