@@ -1,8 +1,12 @@
-"""scripts/bench.py on a tiny shape: every layer and kernel is timed against nn.LSTM, and the
-port-style baseline computes what rbn.BNLSTM computes, so that their times compare."""
+"""scripts/bench.py on a tiny shape: every layer's backends (the Triton kernels' too, under the
+interpreter) and every kernel are timed against nn.LSTM, profiled, with their peak memory on
+CUDA and the TF32 settings in the report; and the port-style baseline computes what
+rbn.BNLSTM computes, so that their times compare."""
 
+import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +20,33 @@ BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY_SHAPE = "4,6,2,3"  # batch, steps, input size, hidden size
 
 
-def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300)
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=300,
+                          env=None if env is None else os.environ | env)
 
 
-def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    """One run on the tiny shape, shared by the tests that read it (each run starts torch).
+    Triton's interpreter runs the kernels on CPU, so that their rows are there too."""
+    report_path = tmp_path_factory.mktemp("bench") / "bench.json"
+    run = bench("--shapes", TINY_SHAPE, "--device", "cpu", "--no-compile", "--no-loaders", "--kernels", "--tf32",
+                "--profile", "--json", str(report_path), env={"TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, run.stderr
+    return run, json.loads(report_path.read_text())
+
+
+@functools.cache
+def bench_module():
+    """scripts/bench.py imported in this process, for what needs no subprocess."""
     spec = importlib.util.spec_from_file_location("bench", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.PortStyleBNLSTM(*args, **kwargs)
+    return module
+
+
+def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:
+    return bench_module().PortStyleBNLSTM(*args, **kwargs)
 
 
 def forward_backward(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -58,18 +80,93 @@ def test_the_port_style_baseline_computes_what_bnlstm_computes(training):
 
 
 @pytest.mark.slow  # starts a Python process that imports torch
-def test_every_layer_and_kernel_is_timed_against_nn_lstm(tmp_path):
-    report_path = tmp_path / "bench.json"
-    run = bench("--shapes", TINY_SHAPE, "--no-compile", "--no-loaders", "--kernels", "--json", str(report_path))
-    assert run.returncode == 0, run.stderr
-    report = json.loads(report_path.read_text())
-    assert [row["layer"] for row in report["results"]] == ["nn.LSTM", "port-style BN-LSTM", "LSTM", "BNLSTM", "LNLSTM"]
+def test_every_layer_and_kernel_is_timed_against_nn_lstm(tiny_run):
+    run, report = tiny_run
+    assert [row["layer"] for row in report["results"]] == [
+        "nn.LSTM", "port-style BN-LSTM", "LSTM", "LSTM eager", "BNLSTM eager", "BNLSTM triton", "LNLSTM eager", "LNLSTM triton",
+    ]
     assert report["results"][0]["ratio"] == 1.0
     assert all(row["median_s"] > 0 and row["shape"] == TINY_SHAPE for row in report["results"])
     kernels = {row["kernel"]: row["median_us"] for row in report["kernels"]}
     assert {"nn.LSTM, per timestep", "W_h h (GEMM), d/dh", "gate math", "batch_norm(gates)"} <= kernels.keys()
     assert all(us > 0 for us in kernels.values())
-    assert "| LNLSTM" in run.stdout
+    assert "| LNLSTM triton" in run.stdout
+
+
+@pytest.mark.slow
+def test_peak_memory_is_left_blank_on_cpu(tiny_run):
+    _, report = tiny_run
+    assert all(row["peak_mb"] is None and row["peak_ratio"] is None for row in report["results"])
+
+
+@pytest.mark.slow
+def test_the_profile_gives_each_rows_top_kernels_by_self_time_with_calls_and_total_time(tiny_run):
+    _, report = tiny_run
+    assert [entry["layer"] for entry in report["profile"]] == [row["layer"] for row in report["results"]]
+    for entry in report["profile"]:
+        self_ms = [kernel["self_ms"] for kernel in entry["kernels"]]
+        assert 0 < len(self_ms) <= 10 and self_ms == sorted(self_ms, reverse=True)
+        assert all(kernel["calls"] > 0 and kernel["total_ms"] >= kernel["self_ms"] > 0 for kernel in entry["kernels"])
+        assert entry["calls"] >= sum(kernel["calls"] for kernel in entry["kernels"])  # of all, not only the top
+
+
+@pytest.mark.slow
+def test_the_report_says_where_tf32_was_on(tiny_run):
+    _, report = tiny_run  # with --tf32; cuDNN's TF32 is torch's default; the interpreter computes in IEEE float32
+    assert report["tf32"] == {"cudnn": True, "matmul": True, "triton_dot": "ieee"}
+
+
+def test_float32_matmuls_stay_out_of_tf32_unless_asked():
+    assert not bench_module().arguments([]).tf32
+    assert bench_module().arguments(["--tf32"]).tf32
+
+
+@pytest.fixture(scope="module")
+def cuda_run() -> tuple[list[dict], list[dict]]:
+    rows, _, profiles = bench_module().bench_shape(
+        TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True, profile=True
+    )
+    return rows, profiles
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_every_row_has_its_peak_memory_and_its_ratio_to_nn_lstms(cuda_run):
+    cuda_rows, _ = cuda_run
+    assert all(row["peak_mb"] > 0 for row in cuda_rows)
+    assert cuda_rows[0]["layer"] == "nn.LSTM" and cuda_rows[0]["peak_ratio"] == 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_capture_every_backend_of_every_layer(cuda_run):
+    cuda_rows, _ = cuda_run
+    graphs = [row["layer"] for row in cuda_rows if row["layer"].endswith("CUDA graph")]
+    assert graphs == [f"{label} CUDA graph" for label in
+                      ("LSTM", "LSTM eager", "BNLSTM eager", "BNLSTM triton", "LNLSTM eager", "LNLSTM triton")]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_profile_lists_kernels_not_the_operators_that_launch_them(cuda_run):
+    _, profiles = cuda_run
+    for entry in profiles:
+        assert entry["kernels"] and not any(kernel["kernel"].startswith("aten::") for kernel in entry["kernels"])
+
+
+def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monkeypatch):
+    monkeypatch.setattr(rbn.kernels, "unsupported", lambda x, weight: "tiny things")
+    rows, skipped, _ = bench_module().bench_shape(
+        TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False
+    )
+    assert skipped == {"BNLSTM triton": "tiny things", "LNLSTM triton": "tiny things"}
+    assert not any(row["layer"].endswith("triton") for row in rows)
+
+
+def test_by_default_only_the_shapes_a_cpu_runs_in_minutes_are_timed():
+    assert [name for name, _ in bench_module().arguments([]).shapes] == ["seqmnist", "ptb_char"]
+
+
+def test_the_named_shapes_are_the_tasks_batch_steps_input_and_hidden_sizes():
+    assert bench_module().SHAPES["seqmnist100"] == (100, 784, 1, 100)
+    assert bench_module().SHAPES["text8"] == (128, 180, 27, 2000)
 
 
 @pytest.mark.slow
