@@ -74,7 +74,7 @@ BACKENDS = {  # each layer's rows: its fused implementation, if any, and its Pyt
 }
 PORT_STYLE = "port-style BN-LSTM"
 PROFILE_TOP = 10  # kernels shown per variant
-T = TypeVar("T")
+Result = TypeVar("Result")
 
 
 class PerStepBatchNorm(torch.nn.Module):
@@ -152,7 +152,7 @@ def time_batch(model: torch.nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def peak_mb(run: Callable[[], T]) -> tuple[T, float]:
+def peak_mb(run: Callable[[], Result]) -> tuple[Result, float]:
     """What run() returns, and the most CUDA memory it held at once beyond what was allocated
     before it, in MB."""
     torch.cuda.synchronize()
