@@ -38,6 +38,12 @@ def trainers(tmp_path_factory):
         yield runs
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """The script writes to the current directory unless told --out: each test's own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def long_sequences(monkeypatch, capsys, *args) -> list[str]:
     """The script's printed lines."""
     spec = importlib.util.spec_from_file_location("long_sequences", SCRIPT)
