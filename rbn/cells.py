@@ -6,6 +6,8 @@ cell has:
 
 - ``input_term(x, batch_sizes)``: everything that does not depend on h_{t-1}, for all T
   timesteps at once: x (T, B, I) -> (T, B, 4H);
+- ``step_inputs(x, batch_sizes)``: what the eager loop hands the step at each timestep: the
+  input term, unbound along time (or, for BN-LSTM on CPU, x_t itself);
 - ``probe(t, batch)``: step t of the tensor that carries W_h's gradient (see
   ``defer_weight_gradient``), or None; taken outside the step, so that a compiled step never
   indexes a Python sequence by t;
@@ -103,6 +105,10 @@ class Cell:
         if self.hidden is not None:
             self.hidden.extend(h.detach() for h in h_prev)
 
+    def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
+        """x_t of every step of the eager loop: the input term, unbound along time."""
+        return self.input_term(x, batch_sizes).unbind(0)
+
     def zero_probes(self, like: Tensor) -> None:
         """A zero probe, for cells that normalize W_h h_{t-1} before adding anything to it."""
         probe = self.defer_weight_gradient(like.new_zeros(()).expand_as(like))
@@ -157,6 +163,18 @@ class BNLSTMCell(Cell):
     bn_h: SequenceBatchNorm
     bn_c: SequenceBatchNorm
 
+    # Devices on which the eager loop multiplies and normalizes x_t at each step, as the most-used
+    # public port does, rather than for all steps at once in ``input_term``. On CPU a whole
+    # sequence's (T, B, 4H) tensor (80 MB on seqMNIST) is memory that glibc maps afresh at every
+    # call and the kernel faults in page by page, and the whole-sequence input term makes five of
+    # them per forward and backward: more than its larger kernels save (README, "Speed"). CUDA's
+    # caching allocator keeps its blocks, and there each per-step kernel is one more launch.
+    per_step_input_devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.input_per_step = False
+
     def input_term(self, x: Tensor, batch_sizes: list[int]) -> Tensor:
         # W_x x laid out (B, T, 4H) in memory, so that BN over the batch for every timestep
         # is a single kernel over (B, T*4H) channels; the loop reads it as (T, B, 4H).
@@ -164,8 +182,21 @@ class BNLSTMCell(Cell):
         self.zero_probes(wx)
         return self.bn_x(wx, batch_sizes, shift=self.bias)
 
+    def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
+        """The normalized input term of every step or, on ``per_step_input_devices``, x_t,
+        which the step multiplies and normalizes. Statistics shared over time need the whole
+        sequence."""
+        self.input_per_step = x.device.type in self.per_step_input_devices and not self.bn_x.shared
+        if not self.input_per_step:
+            return super().step_inputs(x, batch_sizes)
+        self.bn_x.check_batch(x.shape[1])
+        self.zero_probes(x.new_zeros(()).expand(*x.shape[:2], len(self.weight_ih)))
+        return x.unbind(0)
+
     def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
+        if self.input_per_step:
+            x_t = self.bn_x.step(F.linear(x_t, self.weight_ih), t, shift=self.bias)
         w_h = self.recurrent(h, probe_t)
         o, c = lstm_memory(x_t + self.bn_h.step(w_h, t), c)
         return o * torch.tanh(self.bn_c.step(c, t)), c
@@ -191,6 +222,8 @@ class BNLSTMCell(Cell):
         return out, (out[-1], c_n)
 
     def update_running_stats(self, batch_sizes: list[int]) -> None:
+        if self.input_per_step:
+            self.bn_x.update_running_stats(batch_sizes)
         self.bn_h.update_running_stats(batch_sizes)
         self.bn_c.update_running_stats(batch_sizes)
 

@@ -71,7 +71,8 @@ class SequenceBatchNorm(_BatchNorm):
             f"center={self.beta is not None}, shared={self.shared}"
         )
 
-    def _check_batch(self, batch: int) -> None:
+    def check_batch(self, batch: int) -> None:
+        """Refuses training on a batch of one sequence, which has no batch variance."""
         if self.training and batch < 2:
             raise ValueError(
                 "batch normalization in training mode needs at least 2 sequences per batch, "
@@ -86,10 +87,8 @@ class SequenceBatchNorm(_BatchNorm):
         the normalization's own kernel (for BN(W_x x; gamma, 0) + b, one pass instead of two).
         """
         steps, batch, channels = x.shape
-        self._check_batch(batch)
-        beta = self.beta
-        if shift is not None:
-            beta = shift if beta is None else beta + shift
+        self.check_batch(batch)
+        beta = self._shifted_beta(shift)
         if batch_sizes is not None and min(batch_sizes) < batch:
             return self._forward_padded(x, batch_sizes, beta)
         if self.shared:
@@ -100,6 +99,11 @@ class SequenceBatchNorm(_BatchNorm):
         flat = x.transpose(0, 1).reshape(batch, steps * channels)
         out = self._normalize(flat, range(steps), self.gamma.repeat(steps), None if beta is None else beta.repeat(steps))
         return out.view(batch, steps, channels).transpose(0, 1)
+
+    def _shifted_beta(self, shift: Tensor | None) -> Tensor | None:
+        if shift is None:
+            return self.beta
+        return shift if self.beta is None else self.beta + shift
 
     def _normalize(self, flat: Tensor, steps: range, gamma: Tensor, beta: Tensor | None) -> Tensor:
         """F.batch_norm over the rows of ``flat``, whose columns are ``steps`` x C channels."""
@@ -139,21 +143,21 @@ class SequenceBatchNorm(_BatchNorm):
         out = (x - mean) * torch.rsqrt(var + self.eps) * self.gamma
         return out if beta is None else out + beta
 
-    def step(self, x: Tensor, t: int) -> Tensor:
-        """Normalizes timestep t of a sequence, x (B, C), inside a recurrence."""
+    def step(self, x: Tensor, t: int, shift: Tensor | None = None) -> Tensor:
+        """Normalizes timestep t of a sequence, x (B, C), inside a recurrence; ``shift`` as in
+        ``forward``."""
+        beta = self._shifted_beta(shift)
         if self.training and len(x) > 1:
             if t < self.max_length:
-                return F.batch_norm(
-                    x, self.batch_mean[t], self.batch_var[t], self.gamma, self.beta, True, 1.0, self.eps
-                )
-            return F.batch_norm(x, None, None, self.gamma, self.beta, True, 0.0, self.eps)
+                return F.batch_norm(x, self.batch_mean[t], self.batch_var[t], self.gamma, beta, True, 1.0, self.eps)
+            return F.batch_norm(x, None, None, self.gamma, beta, True, 0.0, self.eps)
         t = min(t, self.max_length - 1)
         mean, var = self.running_mean[t], self.running_var[t]
         if self.training:
             # A single sequence, beyond max_length: its row may be one that this training
             # step's update_running_stats then changes in place, which backward would refuse.
             mean, var = mean.clone(), var.clone()
-        return F.batch_norm(x, mean, var, self.gamma, self.beta, False, 0.0, self.eps)
+        return F.batch_norm(x, mean, var, self.gamma, beta, False, 0.0, self.eps)
 
     def keep_batch_statistics(self, mean: Tensor, var: Tensor) -> None:
         """Keeps the batch statistics of a whole sequence, (T, C), the variance unbiased: what

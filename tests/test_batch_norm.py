@@ -62,6 +62,33 @@ def test_step_by_step_normalization_equals_the_whole_sequence_at_once():
         torch.testing.assert_close(steps.state_dict()[key], value, msg=key)
 
 
+def sequence_normalizations(monkeypatch) -> list[rbn.SequenceBatchNorm]:
+    """The normalizations whose whole-sequence ``forward`` runs, recorded as it runs."""
+    called, forward = [], rbn.SequenceBatchNorm.forward
+
+    def recorded(self, *args, **kwargs):
+        called.append(self)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(rbn.SequenceBatchNorm, "forward", recorded)
+    return called
+
+
+def test_on_cpu_the_loop_normalizes_the_input_term_step_by_step(monkeypatch):
+    model = make("BNLSTM")
+    whole = sequence_normalizations(monkeypatch)
+    model(torch.randn(6, 5, 3))
+    assert not any(norm is model.bn_x_l0 for norm in whole)
+
+
+def test_off_the_per_step_devices_the_input_term_is_normalized_for_the_whole_sequence(monkeypatch):
+    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", ())
+    model = make("BNLSTM")
+    whole = sequence_normalizations(monkeypatch)
+    model(torch.randn(6, 5, 3))
+    assert any(norm is model.bn_x_l0 for norm in whole)
+
+
 def test_update_bn_computes_the_average_of_per_timestep_batch_statistics():
     norm = rbn.SequenceBatchNorm(3, max_length=6)
     batches = [torch.randn(6, 8, 3) * (1 + i) + i for i in range(3)]

@@ -69,3 +69,34 @@ def test_deferred_recurrent_weight_gradient_equals_the_per_step_one(layer_name, 
         gradients.append([p.grad.clone() for p in model.parameters()])
     for deferred, per_step in zip(*gradients):
         torch.testing.assert_close(deferred, per_step)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_are_exact_either_way_of_normalizing_the_input_term(input_normalization, mode):
+    model = make("BNLSTM", input_size=2, hidden_size=2, bidirectional=True).train(mode == "train")
+    check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_normalizing_the_input_term_per_step_equals_normalizing_it_whole(mode, monkeypatch):
+    """Padded, with a step of a single sequence (population statistics) and steps beyond
+    max_length; the outputs, every gradient and the running statistics afterwards."""
+    model = make("BNLSTM", num_layers=2, max_length=4).double().train(mode == "train")
+    with torch.no_grad():  # population statistics away from their initial values, for eval
+        for name, buffer in model.named_buffers():
+            if "running" in name:
+                buffer.uniform_(0.5, 1.5)
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    results = []
+    for devices in (("cpu",), ()):
+        monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", devices)
+        model.load_state_dict(initial)
+        model.zero_grad()
+        output, _ = model(x, lengths=torch.tensor([6, 2, 4, 3, 1]))
+        output.square().sum().backward()
+        gradients = [p.grad.clone() for p in model.parameters()]
+        statistics = [value.clone() for name, value in model.state_dict().items() if "running" in name or "tracked" in name]
+        results.append([output, *gradients, *statistics])
+    for per_step, whole in zip(*results):
+        torch.testing.assert_close(per_step, whole)
