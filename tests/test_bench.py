@@ -17,7 +17,7 @@ import torch
 import rbn
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-TINY_SHAPE = "4,6,2,3"  # batch, steps, input size, hidden size
+TINY_SHAPE = "4,3,2,3"  # batch, steps, input size, hidden size: few steps, as the interpreter runs them one by one
 
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -124,7 +124,7 @@ def test_float32_matmuls_stay_out_of_tf32_unless_asked():
 @pytest.fixture(scope="module")
 def cuda_run() -> tuple[list[dict], list[dict]]:
     rows, _, profiles = bench_module().bench_shape(
-        TINY_SHAPE, (4, 6, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True, profile=True
+        TINY_SHAPE, (4, 3, 2, 3), torch.device("cuda"), 5, compile=False, cuda_graphs=True, profile=True
     )
     return rows, profiles
 
@@ -154,7 +154,7 @@ def test_on_cuda_the_profile_lists_kernels_not_the_operators_that_launch_them(cu
 def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monkeypatch):
     monkeypatch.setattr(rbn.kernels, "unsupported", lambda x, weight: "tiny things")
     rows, skipped, _ = bench_module().bench_shape(
-        TINY_SHAPE, (4, 6, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False
+        TINY_SHAPE, (4, 3, 2, 3), torch.device("cpu"), 5, compile=False, cuda_graphs=False
     )
     assert skipped == {"BNLSTM triton": "tiny things", "LNLSTM triton": "tiny things"}
     assert not any(row["layer"].endswith("triton") for row in rows)

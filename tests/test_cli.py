@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "experiment=shakespeare", "model.hidden_size=8", "data.segment_length=10", "trainer.batch_size=4",
     "trainer.max_steps=4", "trainer.eval_interval=2", "trainer.limit_eval_batches=2", "trainer.sample_length=12",
+    "trainer.gradient_flow=false",
 ]
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from trainer_helpers import TINY, TINY_TEXT, compose_config
+from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config
 
 import data
 import rbn
@@ -41,14 +41,15 @@ def interrupt_at(monkeypatch, step: int) -> None:
     "overrides, stop",
     [
         (TINY, 4),  # BN-LSTM on seqMNIST: h0 noise draws from the generator
-        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 7),  # carried state, mid-epoch
-        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
-        ([*TINY_TEXT, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # at the last step, a validation due
-        ([*TINY_TEXT, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
+        # Carried state; with the gradient-flow logging on, which must draw nothing from the generators.
+        ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 7),  # mid-epoch
+        ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
+        ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # the last step, a validation due
+        ([*TINY_TEXT, *GRADIENT_FLOW, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
         ([*TINY_TEXT, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # torch's fused LSTM
         pytest.param([*TINY, "trainer.device=cuda"], 4, marks=NEEDS_CUDA),  # the CUDA generator is saved too
-        pytest.param([*TINY, *CUDA_GRAPHS], 4, marks=NEEDS_CUDA),  # captured again on resume
-        pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
+        pytest.param([*TINY, *GRADIENT_FLOW, *CUDA_GRAPHS], 4, marks=NEEDS_CUDA),  # captured again on resume
+        pytest.param([*TINY_TEXT, *GRADIENT_FLOW, *CUDA_GRAPHS, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
         pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
     ],
     ids=[
@@ -89,7 +90,8 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
 )
 def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
     for name, graphs in ("eager", "false"), ("graphed", "true"):
-        Trainer(compose_config(*overrides, "trainer.device=cuda", f"trainer.cuda_graphs={graphs}"), tmp_path / name).fit()
+        cfg = compose_config(*overrides, *GRADIENT_FLOW, "trainer.device=cuda", f"trainer.cuda_graphs={graphs}")
+        Trainer(cfg, tmp_path / name).fit()
     eager, graphed = load(tmp_path / "eager" / "last.pt"), load(tmp_path / "graphed" / "last.pt")
     assert graphed["progress"]["step"] == eager["progress"]["step"] == 6
     for name, value in eager["model"].items():
@@ -295,7 +297,7 @@ def test_events_hold_scalars_gain_histograms_hparams_and_samples(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "metric"), [(TINY, "accuracy"), (TINY_TEXT, "bpc")], ids=["seqmnist", "text"])
 def test_events_hold_a_layout_whose_charts_show_the_runs_scalars(tmp_path, overrides, metric):
-    Trainer(compose_config(*overrides), tmp_path).run()
+    Trainer(compose_config(*overrides, *GRADIENT_FLOW), tmp_path).run()
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     events.Reload()
     (config,) = events.Tensors("custom_scalars__config__")
@@ -310,7 +312,7 @@ def test_events_hold_a_layout_whose_charts_show_the_runs_scalars(tmp_path, overr
 
 @pytest.mark.parametrize(("overrides", "gains"), [(TINY, True), ([*TINY_TEXT, "model=lstm"], False)], ids=["bnlstm", "lstm"])
 def test_each_validation_logs_the_gradient_flow_and_the_gains_gradients(tmp_path, overrides, gains):
-    Trainer(compose_config(*overrides), tmp_path).fit()
+    Trainer(compose_config(*overrides, *GRADIENT_FLOW), tmp_path).fit()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert [event.step for event in events.Images("gradient_flow/hidden_state")] == [3, 6]
@@ -322,7 +324,7 @@ def test_each_validation_logs_the_gradient_flow_and_the_gains_gradients(tmp_path
 
 
 def test_the_gradient_flow_changes_no_parameter_gradient_statistic_or_random_state(tmp_path):
-    trainer = Trainer(compose_config(*TINY), tmp_path)
+    trainer = Trainer(compose_config(*TINY, *GRADIENT_FLOW), tmp_path)
     for parameter in trainer.model.parameters():
         parameter.grad = torch.randn_like(parameter)
     before = {name: value.clone() for name, value in trainer.model.state_dict().items()}

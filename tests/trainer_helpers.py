@@ -15,8 +15,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY = [
     "model.hidden_size=4", "trainer.batch_size=4", "trainer.max_steps=6", "trainer.eval_interval=3",
     "trainer.limit_eval_batches=2", "trainer.log_interval=2", "trainer.sample_length=12", "trainer.progress_bar=false",
+    "trainer.gradient_flow=false",  # two more passes per validation: on only where a test is about it
 ]
 TINY_TEXT = ["experiment=shakespeare", "data.segment_length=8", *TINY]
+GRADIENT_FLOW = ["trainer.gradient_flow=true"]  # the default, which TINY turns off
 
 
 def compose_config(*overrides: str):
