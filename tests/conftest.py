@@ -8,6 +8,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist's workers (pyproject: -n auto) share the cores: one thread each, as two threads
+# per process on two cores oversubscribe them and make the tests' tiny ops an order of magnitude
+# slower. The processes the tests start inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 import data
 import rbn
 from data.sources import DataError
