@@ -533,12 +533,18 @@ class Trainer:
             )
         self._interval = _Interval(Metrics(self.task), step)
 
+    def _gains(self) -> dict[str, nn.Parameter]:
+        """The normalization gains and shifts (BN: gamma, beta; LN: weight, bias), by name."""
+        return {
+            f"{name}.{parameter_name}": parameter
+            for name, module in self.model.named_modules() if isinstance(module, (SequenceBatchNorm, nn.LayerNorm))
+            for parameter_name, parameter in module.named_parameters()
+        }
+
     def _log_gains(self, step: int) -> None:
-        """Histograms of the normalization gains and shifts (BN: gamma, beta; LN: weight, bias)."""
-        for name, module in self.model.named_modules():
-            if isinstance(module, (SequenceBatchNorm, nn.LayerNorm)):
-                for parameter_name, parameter in module.named_parameters():
-                    self.writer.add_histogram(f"gains/{name}.{parameter_name}", parameter.detach().float().cpu(), step)
+        """Histograms of the normalization gains and shifts."""
+        for name, parameter in self._gains().items():
+            self.writer.add_histogram(f"gains/{name}", parameter.detach().float().cpu(), step)
 
     def _log_gradient_flow(self, step: int) -> None:
         """How far the gradient reaches back in time, on the first validation batch: the norm
@@ -548,11 +554,7 @@ class Trainer:
         with batch statistics): no random numbers drawn, no running statistic or ``.grad``
         changed, so that a resumed run stays exact."""
         inputs, targets = next(iter(self.dataset.batches("valid", self.cfg.trainer.batch_size)))
-        gains = {
-            f"{name}.{parameter_name}": parameter
-            for name, module in self.model.named_modules() if isinstance(module, (SequenceBatchNorm, nn.LayerNorm))
-            for parameter_name, parameter in module.named_parameters()
-        }
+        gains = self._gains()
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         self.model.eval()
         with self._autocast(), using_batch_statistics(self._batch_norms()), torch.enable_grad():
