@@ -19,11 +19,12 @@ from torch import Tensor
 
 from .mnist import SequentialMNIST, load_mnist, permutation
 from .sources import DataError, default_root
-from .text import IGNORE_INDEX, CharCorpus, bits_per_character, ptb_char, shakespeare, text8
+from .text import IGNORE_INDEX, CharCorpus, bits_per_character, padded_lengths, ptb_char, shakespeare, text8
 
 __all__ = [
     "seqmnist", "pmnist", "shakespeare", "ptb_char", "text8",
-    "SequentialMNIST", "CharCorpus", "DataError", "IGNORE_INDEX", "bits_per_character", "default_root",
+    "SequentialMNIST", "CharCorpus", "DataError", "IGNORE_INDEX", "bits_per_character", "padded_lengths",
+    "default_root",
 ]
 
 

@@ -40,6 +40,15 @@ IGNORE_INDEX = -100
 SPLITS = ("train", "valid", "test")
 
 
+def padded_lengths(targets: torch.Tensor) -> torch.Tensor | None:
+    """Each row's length when an evaluation batch ends in the last stream's padded tail, so
+    that the padding enters no batch statistic; None when no row is padded. A row of padding
+    alone still runs one step (lengths >= 1)."""
+    if not (targets[:, -1] == IGNORE_INDEX).any():
+        return None
+    return (targets != IGNORE_INDEX).sum(1).clamp(min=1)
+
+
 def bits_per_character(mean_nll: float) -> float:
     """Mean negative log-likelihood in nats per character -> bits per character."""
     return mean_nll / math.log(2)

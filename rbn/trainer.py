@@ -348,12 +348,8 @@ class Trainer:
         """Logits, loss and, for a language model, its final state (detached) to carry."""
         if self.task == "classification":
             return *self.model(inputs, targets), None
-        # Evaluation pads the last stream's tail, which must enter no batch statistic. Training
-        # batches are never padded, so training steps skip the check (and its device sync).
-        # A row of padding alone still runs one step (lengths >= 1).
-        lengths = None
-        if not self.model.training and (targets[:, -1] == data.IGNORE_INDEX).any():
-            lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1)
+        # Training batches are never padded, so training steps skip the check (and its device sync).
+        lengths = None if self.model.training else data.padded_lengths(targets)
         logits, loss, state = self.model(inputs, targets, state, lengths)
         return logits, loss, tuple(s.detach() for s in state)
 

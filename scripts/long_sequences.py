@@ -78,12 +78,7 @@ def bpc_on_test_split(
     state = None
     for inputs, targets in itertools.islice(sequences.batches("test", batch_size), limit_batches):
         inputs, targets = inputs.to(device), targets.to(device)
-        # As in the trainer's evaluation: the last stream's padding enters no batch statistic,
-        # and unpadded batches run without lengths (the layers' faster path).
-        lengths = None
-        if (targets[:, -1] == data.IGNORE_INDEX).any():
-            lengths = (targets != data.IGNORE_INDEX).sum(1).clamp(min=1)
-        logits, loss, state = model(inputs, targets, state if carry_state else None, lengths)
+        logits, loss, state = model(inputs, targets, state if carry_state else None, data.padded_lengths(targets))
         metrics.add(logits, targets, loss)
     return metrics.summary()["bpc"]
 
