@@ -331,13 +331,13 @@ def bench_loaders(seconds: float = 2.0) -> list[dict]:
 def tf32_settings() -> dict:
     """Where float32 math runs in TF32: cuDNN (nn.LSTM, and rbn.LSTM's fused op on CUDA),
     float32 matmuls (every other GEMM: the eager loops', the input terms'), and the Triton
-    kernels' tl.dot, whose input precision rbn.kernels.common.tiling derives from cuDNN's
+    kernels' tl.dot, whose input precision rbn.kernels.common.dot_precision derives from cuDNN's
     setting ("ieee" under the interpreter; None without Triton)."""
     triton_dot = None
     if importlib.util.find_spec("triton") is not None:
         from rbn.kernels import common  # imports Triton
 
-        triton_dot = common.tiling(batch=1, hidden=16, multiprocessors=1).precision
+        triton_dot = common.dot_precision()
     return dict(cudnn=torch.backends.cudnn.allow_tf32, matmul=torch.backends.cuda.matmul.allow_tf32, triton_dot=triton_dot)
 
 

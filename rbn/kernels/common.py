@@ -121,12 +121,17 @@ def tiling(batch: int, hidden: int, multiprocessors: int) -> Tiling:
     while triton.cdiv(hidden, block_h) > multiprocessors and multiprocessors > 1:
         block_h *= 2
     blocks = triton.cdiv(hidden, block_h)
-    # TF32 on the tensor cores where cuDNN's RNNs use it too: torch.backends.cudnn.allow_tf32.
-    precision = "tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRETED else "ieee"
     return Tiling(
         block_b=block_b, block_h=block_h, block_k=32, blocks=blocks, programs=min(blocks, multiprocessors),
-        num_warps=4 if block_b <= 32 else 8, precision=precision,
+        num_warps=4 if block_b <= 32 else 8, precision=dot_precision(),
     )
+
+
+def dot_precision() -> str:
+    """tl.dot's input precision for float32 operands: TF32 on the tensor cores where cuDNN's
+    RNNs use it too (torch.backends.cudnn.allow_tf32); IEEE under the interpreter."""
+    return "tf32" if torch.backends.cudnn.allow_tf32 and not INTERPRETED else "ieee"
+
 
 def state_sequences(term: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
     """hs and cs, (T+1, B, H), with h_0 and c_0 in slot 0: the forward kernels write h_t and
