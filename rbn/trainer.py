@@ -250,7 +250,7 @@ class Trainer:
         self.progress = Progress()
         self.carry: State | None = None  # a language model's state between segments
         self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
-        self.stop_requested = False
+        self.stop_signal: int | None = None  # set by Ctrl-C or SIGTERM during fit()
         if checkpoint:
             self._restore(checkpoint)
             log.info("resuming %s at step %d (epoch %d)", self.run_dir, self.progress.step, self.progress.epoch + 1)
@@ -283,16 +283,18 @@ class Trainer:
 
     def fit(self) -> None:
         """Trains until max_epochs or max_steps, validating every eval_interval steps (or at
-        each epoch's end) and saving last.pt (and best.pt when validation improves). Ctrl-C
-        stops after the current step: last.pt is saved and the process exits with 130."""
+        each epoch's end) and saving last.pt (and best.pt when validation improves). Ctrl-C or
+        SIGTERM stops after the current step: last.pt is saved and the process exits with
+        128 + the signal's number (130, 143)."""
         bar = self._progress_bar()
-        with bar, logging_redirect_tqdm(), self._stop_on_sigint():
+        with bar, logging_redirect_tqdm(), self._stop_on_signals():
             try:
                 self._train_epochs(bar)
             except _StopRequested:
                 self.save("last")
-                log.warning("interrupted at step %d; saved %s. Run the same command to resume", self.progress.step, self.run_dir / "last.pt")
-                raise SystemExit(130) from None
+                log.warning("%s at step %d; saved %s. Run the same command to resume",
+                            signal.Signals(self.stop_signal).name, self.progress.step, self.run_dir / "last.pt")
+                raise SystemExit(128 + self.stop_signal) from None
 
     def _train_epochs(self, bar: tqdm) -> None:
         trainer, progress = self.cfg.trainer, self.progress
@@ -302,7 +304,7 @@ class Trainer:
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
                     self.validate()
                 # After the validation that is due, so that a resumed run has nothing to redo.
-                if self.stop_requested:
+                if self.stop_signal is not None:
                     raise _StopRequested
                 if self._at_step_limit():
                     break
@@ -656,22 +658,33 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.precision, cache_enabled=not self.cfg.trainer.cuda_graphs)
 
     @contextmanager
-    def _stop_on_sigint(self) -> Iterator[None]:
-        """The first Ctrl-C asks to stop after the current step; a second one stops at once."""
+    def _stop_on_signals(self) -> Iterator[None]:
+        """The first Ctrl-C or SIGTERM (what `timeout`, SLURM and Kubernetes send before they
+        kill) asks to stop after the current step; a second signal acts as it would without
+        the trainer, at once. SIGTERM stays with a handler that is already there: submitit's
+        requeues the job itself."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        signals = [signal.SIGINT]
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signals.append(signal.SIGTERM)
 
         def request_stop(signum, frame) -> None:
-            self.stop_requested = True
-            signal.signal(signal.SIGINT, previous)
-            log.warning("stopping after this step (Ctrl-C again to stop at once, without a checkpoint)")
+            self.stop_signal = signum
+            restore()
+            log.warning("%s: stopping after this step (send it again to stop at once, without a checkpoint)",
+                        signal.Signals(signum).name)
 
-        previous = signal.signal(signal.SIGINT, request_stop)
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+        previous = {signum: signal.signal(signum, request_stop) for signum in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            restore()
 
 
 class _Diverged(Exception):

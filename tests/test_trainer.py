@@ -25,13 +25,13 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-def interrupt_at(monkeypatch, step: int) -> None:
-    """Sends Ctrl-C (SIGINT) to this process while training step ``step`` runs."""
+def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
+    """Sends Ctrl-C (SIGINT), or ``signum``, to this process while training step ``step`` runs."""
     train_step = Trainer._train_step
 
     def step_then_interrupt(self, *args):
         if self.progress.step == step - 1:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         train_step(self, *args)
 
     monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
@@ -160,6 +160,37 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         Trainer(compose_config(*TINY), tmp_path).run()
     assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM as a plain process has it, whatever the test runner installed."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.usefixtures("default_sigterm")
+def test_sigterm_saves_the_current_step_and_exits_with_143_and_a_rerun_resumes(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        interrupt_at(patch, 3, signal.SIGTERM)
+        Trainer(compose_config(*TINY), tmp_path).run()
+    assert stopped.value.code == 143
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert results["status"] == "finished" and results["step"] == 6
+
+
+@pytest.mark.usefixtures("default_sigterm")
+def test_a_sigterm_handler_installed_before_the_run_keeps_sigterm(tmp_path, monkeypatch):
+    """submitit's handler requeues a SLURM job itself: the trainer must not take SIGTERM from it."""
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    interrupt_at(monkeypatch, 3, signal.SIGTERM)
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert received == [signal.SIGTERM]
+    assert results["status"] == "finished" and results["step"] == 6
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
