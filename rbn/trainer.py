@@ -173,6 +173,7 @@ class Progress:
     best_step: int = 0
     validated_step: int = 0
     train_seconds: float = 0.0
+    devices: list[str] = field(default_factory=list)  # what its attempts ran on, e.g. ["NVIDIA H100 80GB HBM3"]
 
 
 def update_population_statistics(
@@ -254,6 +255,9 @@ class Trainer:
         if checkpoint:
             self._restore(checkpoint)
             log.info("resuming %s at step %d (epoch %d)", self.run_dir, self.progress.step, self.progress.epoch + 1)
+        device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        if device_name not in self.progress.devices:
+            self.progress.devices.append(device_name)
         # Events after the resumed step, from an attempt that went further, are discarded.
         self.writer = SummaryWriter(self.run_dir, purge_step=self.progress.step + 1)
 
@@ -463,6 +467,7 @@ class Trainer:
         if not self.has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
         results["train_seconds"] = round(self.progress.train_seconds, 3)
+        results["devices"] = self.progress.devices
         for key in ("valid_batch_statistics", "valid", "test"):
             for name, value in results[key].items():
                 self.writer.add_scalar(f"final/{key}_{name}", value, self.progress.step)

@@ -6,7 +6,8 @@ with several ROOTs, each group's label starts with its ROOT's name. Writes to DI
 the one ROOT; required with several):
 
 - ``compare.md``: per dataset, one row per group: test and validation metrics as mean ± std
-  over its seeds (population statistics; validation with batch statistics too);
+  over its seeds (population statistics; validation with batch statistics too), the paper's
+  test number for the model, the mean training time and the devices the runs trained on;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
   steps, one line per group, the mean over its seeds.
@@ -34,6 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.trainer import comparison_charts  # noqa: E402
 
 METRICS = {"accuracy": "accuracy", "bpc": "bits per character"}
+# Cooijmans et al. 2016, test accuracy (Table 1) and bits per character (Tables 2 and 3).
+PAPER = {
+    ("seqmnist", "lstm"): 0.989, ("seqmnist", "bnlstm"): 0.990, ("pmnist", "lstm"): 0.902, ("pmnist", "bnlstm"): 0.954,
+    ("ptb_char", "lstm"): 1.38, ("ptb_char", "bnlstm"): 1.32, ("text8", "lstm"): 1.43, ("text8", "bnlstm"): 1.36,
+}
 # Overrides that choose what a row is (data, model) or repeat it (seed) are not part of its label.
 NOT_IN_LABEL = ("seed=", "model=", "data=", "experiment=")
 
@@ -81,14 +87,29 @@ def table(data: str, groups: dict[str, list[dict]]) -> str:
     lines = [
         f"## {data}",
         "",
-        f"| model | seeds | test {metric} | valid {metric} | valid {metric}, batch statistics | steps |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| model | seeds | test {metric} | paper | valid {metric} | valid {metric}, batch statistics | steps"
+        " | training time | devices |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, runs in sorted(groups.items()):
-        cells = [mean_std([run[key][metric] for run in runs]) for key in ("test", "valid", "valid_batch_statistics")]
+        test, valid, batch = (mean_std([run[key][metric] for run in runs]) for key in ("test", "valid", "valid_batch_statistics"))
+        paper = PAPER.get((data, runs[0]["run"]["model"]))
         steps = sorted({run["step"] for run in runs})
-        lines.append(f"| {label} | {len(runs)} | {' | '.join(cells)} | {', '.join(map(str, steps))} |")
+        times = [run["train_seconds"] for run in runs if "train_seconds" in run]
+        devices = sorted({device for run in runs for device in run.get("devices", [])})
+        lines.append(
+            f"| {label} | {len(runs)} | {test} | {'' if paper is None else f'{paper:.4f}'} | {valid} | {batch}"
+            f" | {', '.join(map(str, steps))} | {duration(statistics.mean(times)) if times else ''} | {', '.join(devices)} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:

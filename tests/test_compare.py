@@ -14,18 +14,20 @@ from rbn.trainer import comparison_charts
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
 
-def write_run(path: Path, model: str, seed: int, offset: float) -> None:
-    """A finished Shakespeare run whose every scalar at step s is s + offset."""
+def write_run(path: Path, model: str, seed: int, offset: float, data: str = "shakespeare", **results) -> None:
+    """A finished run (Shakespeare unless ``data`` is another) whose every scalar at step s
+    is s + offset; ``results`` adds to its results.json."""
     path.mkdir(parents=True)
-    metrics = {"loss": 1.0 + offset, "bpc": 2.0 + offset}
+    metric = "accuracy" if data.endswith("mnist") else "bpc"
+    metrics = {"loss": 1.0 + offset, metric: 2.0 + offset}
     results = dict(
-        status="finished", step=4, test=metrics, valid=metrics, valid_batch_statistics=metrics,
-        run=dict(experiment="shakespeare", model=model, data="shakespeare", optim="adam", seed=seed,
+        status="finished", step=4, test=metrics, valid=metrics, valid_batch_statistics=metrics, **results,
+        run=dict(experiment=data, model=model, data=data, optim="adam", seed=seed,
                  overrides=[f"model={model}", f"seed={seed}"]),
     )
     (path / "results.json").write_text(json.dumps(results))
     with SummaryWriter(path) as writer:
-        for tag in {tag for tags in comparison_charts("bpc").values() for tag in tags}:
+        for tag in {tag for tags in comparison_charts(metric).values() for tag in tags}:
             for step in (2, 4):
                 writer.add_scalar(tag, step + offset, step)
 
@@ -92,3 +94,17 @@ def test_bad_roots_are_one_line(tmp_path, monkeypatch, capsys, two_sweeps, args,
         compare(monkeypatch, *(arg.format(**paths) for arg in args))
     assert exit.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_row_has_the_papers_test_number_the_mean_training_time_and_the_devices(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0, "pmnist", train_seconds=3600.0, devices=["H100"])
+    write_run(tmp_path / "s" / "model=bnlstm,seed=1", "bnlstm", 1, 0.0, "pmnist", train_seconds=5400.0, devices=["H100", "H200"])
+    compare(monkeypatch, str(tmp_path / "s"))
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm | 2 | 2.0000 ± 0.0000 | 0.9540 | 2.0000 ± 0.0000 | 2.0000 ± 0.0000 | 4 | 1.25 h | H100, H200 |" in report
+
+
+def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=lnlstm", "lnlstm", 0, 0.0, "pmnist")
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |" in (tmp_path / "s" / "compare.md").read_text()

@@ -162,6 +162,18 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     assert not (tmp_path / "last.pt").exists()
 
 
+def test_results_name_every_device_the_run_trained_on_and_its_training_time(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        interrupt_at(patch, 3)
+        Trainer(compose_config(*TINY), tmp_path).run()
+    checkpoint = load(tmp_path / "last.pt")
+    checkpoint["progress"]["devices"] = ["the GPU of an earlier allocation"]
+    torch.save(checkpoint, tmp_path / "last.pt")
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert results["devices"] == ["the GPU of an earlier allocation", "cpu"]
+    assert results["train_seconds"] > 0
+
+
 @pytest.fixture
 def default_sigterm():
     """SIGTERM as a plain process has it, whatever the test runner installed."""
