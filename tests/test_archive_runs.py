@@ -1,0 +1,103 @@
+"""scripts/archive_runs.py, in process on runs of the trainer's tiny data (the ``tiny_data`` fixture)."""
+
+import importlib.util
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config
+
+from rbn.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("tiny_data")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "archive_runs.py"
+
+
+def archive_runs(monkeypatch, *args: str) -> None:
+    spec = importlib.util.spec_from_file_location("archive_runs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["archive_runs.py", *map(str, args)])
+    module.main()
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = events(run_dir)
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def finished_run(run_dir: Path, *overrides: str) -> Path:
+    Trainer(compose_config(*TINY, *overrides), run_dir).run()
+    (run_dir / ".hydra").mkdir()
+    for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
+        (run_dir / ".hydra" / name).write_text(f"{name}\n")
+    return run_dir
+
+
+def interrupted_run(run_dir: Path, monkeypatch, step: int) -> None:
+    train_step = Trainer._train_step
+
+    def step_then_interrupt(self, *args):
+        if self.progress.step == step - 1:
+            signal.raise_signal(signal.SIGINT)
+        train_step(self, *args)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(Trainer, "_train_step", step_then_interrupt)
+        Trainer(compose_config(*TINY), run_dir).run()
+
+
+def test_an_archived_run_has_its_results_config_and_the_scalars_tensorboard_shows(tmp_path, monkeypatch):
+    """A run resumed from step 3 after an attempt that logged step 4: step 4 is archived once."""
+    run_dir = tmp_path / "runs" / "model=bnlstm"
+    interrupted_run(run_dir, monkeypatch, 5)
+    shutil.copyfile(run_dir / "best.pt", run_dir / "last.pt")  # the validation at step 3
+    finished_run(run_dir)
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    kept = tmp_path / "archive" / "model=bnlstm"
+    assert (kept / "results.json").read_text() == (run_dir / "results.json").read_text()
+    assert {p.name for p in (kept / ".hydra").iterdir()} == {"config.yaml", "overrides.yaml"}
+    assert scalars(kept) == scalars(run_dir)
+    assert [step for step, _ in scalars(kept)["train/loss"]] == [2, 4, 6]
+
+
+def test_histograms_figures_samples_and_checkpoints_stay_behind(tmp_path, monkeypatch):
+    run_dir = finished_run(tmp_path / "runs" / "text", *TINY_TEXT, *GRADIENT_FLOW)
+    assert events(run_dir).Tags()["histograms"] and events(run_dir).Tags()["images"]
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    kept = tmp_path / "archive" / "text"
+    tags = events(kept).Tags()
+    assert tags["scalars"] and not tags["histograms"] and not tags["images"] and not tags["tensors"]
+    assert not list(kept.glob("*.pt"))
+
+
+def test_only_finished_runs_are_archived(tmp_path, monkeypatch):
+    finished_run(tmp_path / "runs" / "finished")
+    interrupted_run(tmp_path / "runs" / "interrupted", monkeypatch, 2)
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    assert [p.name for p in (tmp_path / "archive").iterdir()] == ["finished"]
+
+
+def test_archiving_a_run_again_replaces_its_records(tmp_path, monkeypatch):
+    finished_run(tmp_path / "runs" / "run")
+    for _ in range(2):
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    kept = tmp_path / "archive" / "run"
+    assert len(list(kept.glob("events.out.tfevents.*"))) == 1
+    assert scalars(kept) == scalars(tmp_path / "runs" / "run")
+
+
+def test_a_directory_without_finished_runs_is_refused(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path, tmp_path / "archive")
+    assert stopped.value.code == 2
+    assert "no finished runs" in capsys.readouterr().err
