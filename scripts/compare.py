@@ -87,8 +87,8 @@ def table(data: str, groups: dict[str, list[dict]]) -> str:
     lines = [
         f"## {data}",
         "",
-        f"| model | seeds | test {metric} | paper | valid {metric} | valid {metric}, batch statistics | steps"
-        " | training time | devices |",
+        (f"| model | seeds | test {metric} | paper | valid {metric} | valid {metric}, batch statistics | steps"
+         " | training time | devices |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, runs in sorted(groups.items()):

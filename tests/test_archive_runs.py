@@ -2,13 +2,12 @@
 
 import importlib.util
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config
+from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config, interrupt_at
 
 from rbn.trainer import Trainer
 
@@ -44,15 +43,8 @@ def finished_run(run_dir: Path, *overrides: str) -> Path:
 
 
 def interrupted_run(run_dir: Path, monkeypatch, step: int) -> None:
-    train_step = Trainer._train_step
-
-    def step_then_interrupt(self, *args):
-        if self.progress.step == step - 1:
-            signal.raise_signal(signal.SIGINT)
-        train_step(self, *args)
-
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        patch.setattr(Trainer, "_train_step", step_then_interrupt)
+        interrupt_at(patch, step)
         Trainer(compose_config(*TINY), run_dir).run()
 
 

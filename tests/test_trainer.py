@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config
+from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config, interrupt_at
 
 import data
 import rbn
@@ -23,18 +23,6 @@ CUDA_GRAPHS = ["trainer.device=cuda", "trainer.cuda_graphs=true"]
 
 def load(path):
     return torch.load(path, weights_only=True)
-
-
-def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
-    """Sends Ctrl-C (SIGINT), or ``signum``, to this process while training step ``step`` runs."""
-    train_step = Trainer._train_step
-
-    def step_then_interrupt(self, *args):
-        if self.progress.step == step - 1:
-            signal.raise_signal(signum)
-        train_step(self, *args)
-
-    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
 
 
 @pytest.mark.parametrize(

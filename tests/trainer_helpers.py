@@ -1,13 +1,14 @@
 """Configs and tiny in-memory datasets for the trainer's tests."""
 
+import signal
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
-import data
 import rbn.config  # noqa: F401  (registers the schemas)
 from data.text import build_corpus
+from rbn.trainer import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -43,3 +44,15 @@ def tiny_text(root=None, segment_length=100, download=True):
         return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
 
     return build_corpus({"train": text(90), "valid": text(30), "test": text(30)}, segment_length)
+
+
+def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
+    """Sends Ctrl-C (SIGINT), or ``signum``, to this process while training step ``step`` runs."""
+    train_step = Trainer._train_step
+
+    def step_then_interrupt(self, *args):
+        if self.progress.step == step - 1:
+            signal.raise_signal(signum)
+        train_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
