@@ -8,6 +8,8 @@ the one ROOT; required with several):
 - ``compare.md``: per dataset, one row per group: test and validation metrics as mean ± std
   over its seeds (population statistics; validation with batch statistics too), the paper's
   test number for the model, the mean training time and the devices the runs trained on;
+  then the runs not finished (stopped, still training elsewhere, or diverged), from their
+  ``last.pt``: the epoch and step reached, the best validation so far, the time so far;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
   steps, one line per group, the mean over its seeds.
@@ -29,6 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,6 +56,43 @@ def load_runs(root: Path) -> list[dict]:
         else:
             print(f"skipped {path.parent}: {results.get('status')}", file=sys.stderr)
     return runs
+
+
+def unfinished_runs(root: Path) -> list[dict]:
+    """The runs under ``root`` with a ``last.pt`` and no finished results (stopped, still
+    training elsewhere, or diverged): where each stands, from its checkpoint."""
+    runs = []
+    for path in sorted(root.rglob("last.pt")):
+        results = path.parent / "results.json"
+        status = json.loads(results.read_text()).get("status") if results.is_file() else "not finished"
+        if status == "finished":
+            continue
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # any unreadable file: being replaced, truncated, not a checkpoint
+            print(f"skipped {path}: unreadable ({type(error).__name__})", file=sys.stderr)
+            continue
+        runs.append({"dir": path.parent, "status": status, "trainer": checkpoint["config"]["trainer"], **checkpoint["progress"]})
+    return runs
+
+
+def unfinished_table(runs: dict[str, dict]) -> str:
+    """{name: run} as a table: epoch and step of the preset's, best validation so far, and time."""
+    lines = [
+        "## Not finished",
+        "",
+        "| run | status | epoch | step | best validation (step) | training time | devices |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for name, run in sorted(runs.items()):
+        max_steps = run["trainer"]["max_steps"]
+        step = f"{run['step']}" + (f" / {max_steps}" if max_steps is not None else "")
+        best = "" if run["best"] is None else f"{run['best']:.4f} ({run['best_step']})"
+        lines.append(
+            f"| {name} | {run['status']} | {run['epoch'] + 1} / {run['trainer']['max_epochs']} | {step} | {best}"
+            f" | {duration(run['train_seconds'])} | {', '.join(run.get('devices', []))} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def group_runs(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
@@ -163,18 +203,20 @@ def main() -> None:
     if len({root.name for root in args.roots}) < len(args.roots):
         parser.error("the ROOTs' names label their runs, and two are the same: " + " ".join(map(str, args.roots)))
     groups: dict[str, dict[str, list[dict]]] = defaultdict(dict)
+    unfinished: dict[str, dict] = {}
     for root in args.roots:
         if not root.is_dir():
             parser.error(f"{root} is not a directory")
-        runs = load_runs(root)
-        if not runs:
-            parser.error(f"no finished runs (results.json) under {root}")
+        prefix = f"{root.name}: " if len(args.roots) > 1 else ""
+        runs, stopped = load_runs(root), unfinished_runs(root)
+        if not runs and not stopped:
+            parser.error(f"no runs (results.json or last.pt) under {root}")
         for data, data_groups in group_runs(runs).items():
-            prefix = f"{root.name}: " if len(args.roots) > 1 else ""
             groups[data].update({prefix + label: group for label, group in data_groups.items()})
+        unfinished.update({prefix + str(run["dir"].relative_to(root)): run for run in stopped})
     out = args.out or args.roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    report = "\n".join(table(data, groups[data]) for data in sorted(groups))
+    report = "\n".join([*(table(data, groups[data]) for data in sorted(groups)), *([unfinished_table(unfinished)] if unfinished else [])])
     (out / "compare.md").write_text(f"# Runs under {', '.join(map(str, args.roots))}\n\n{report}")
     for data in sorted(groups):
         plot(data, groups[data], out / f"curves_{data}.png")

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.tensorboard import SummaryWriter
+from trainer_helpers import TINY, compose_config, interrupt_at
 
-from rbn.trainer import comparison_charts
+from rbn.trainer import Trainer, comparison_charts
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
@@ -108,3 +110,32 @@ def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch
     write_run(tmp_path / "s" / "model=lnlstm", "lnlstm", 0, 0.0, "pmnist")
     compare(monkeypatch, str(tmp_path / "s"))
     assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |" in (tmp_path / "s" / "compare.md").read_text()
+
+
+def stopped_run(run_dir: Path, monkeypatch, step: int) -> dict:
+    """A tiny BN-LSTM run on seqMNIST (3 steps an epoch) stopped at ``step`` of 6 (validations at 3
+    and 6); its progress."""
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        interrupt_at(patch, step)
+        Trainer(compose_config(*TINY), run_dir).run()
+    return torch.load(run_dir / "last.pt", weights_only=True)["progress"]
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    progress = stopped_run(tmp_path / "s" / "model=bnlstm,seed=1", monkeypatch, 4)
+    compare(monkeypatch, str(tmp_path / "s"))
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm | 1 | 2.0000 |" in report  # the finished run alone in its group
+    row = f"| model=bnlstm,seed=1 | not finished | 2 / 200 | 4 / 6 | {progress['best']:.4f} (3) | "
+    assert row in report.split("## Not finished")[1]
+    assert report.rstrip().endswith("| cpu |")
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_sweep_with_no_finished_run_yet_gets_its_table_of_where_runs_stand(tmp_path, monkeypatch):
+    stopped_run(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
+    figures = compare(monkeypatch, str(tmp_path / "s"))
+    assert "| model=bnlstm | not finished | 1 / 200 | 2 / 6 |  | " in (tmp_path / "s" / "compare.md").read_text()
+    assert figures == []
