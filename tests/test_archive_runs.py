@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config, interrupt_at
+from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, interrupt_at
 
 from rbn.trainer import Trainer
 
@@ -35,7 +35,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def finished_run(run_dir: Path, *overrides: str) -> Path:
-    Trainer(compose_config(*TINY, *overrides), run_dir).run()
+    Trainer(compose_config(*TINY_TEXT, *overrides), run_dir).run()
     (run_dir / ".hydra").mkdir()
     for name in ("config.yaml", "overrides.yaml", "hydra.yaml"):
         (run_dir / ".hydra" / name).write_text(f"{name}\n")
@@ -45,7 +45,7 @@ def finished_run(run_dir: Path, *overrides: str) -> Path:
 def interrupted_run(run_dir: Path, monkeypatch, step: int) -> None:
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
         interrupt_at(patch, step)
-        Trainer(compose_config(*TINY), run_dir).run()
+        Trainer(compose_config(*TINY_TEXT), run_dir).run()
 
 
 def test_an_archived_run_has_its_results_config_and_the_scalars_tensorboard_shows(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_an_archived_run_has_its_results_config_and_the_scalars_tensorboard_show
 
 
 def test_histograms_figures_samples_and_checkpoints_stay_behind(tmp_path, monkeypatch):
-    run_dir = finished_run(tmp_path / "runs" / "text", *TINY_TEXT, *GRADIENT_FLOW)
+    run_dir = finished_run(tmp_path / "runs" / "text", *GRADIENT_FLOW)
     assert events(run_dir).Tags()["histograms"] and events(run_dir).Tags()["images"]
     archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
     kept = tmp_path / "archive" / "text"

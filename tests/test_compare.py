@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from trainer_helpers import TINY, compose_config, interrupt_at
+from trainer_helpers import TINY_TEXT, compose_config, interrupt_at
 
 from rbn.trainer import Trainer, comparison_charts
 
@@ -113,11 +113,11 @@ def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch
 
 
 def stopped_run(run_dir: Path, monkeypatch, step: int) -> dict:
-    """A tiny BN-LSTM run on seqMNIST (3 steps an epoch) stopped at ``step`` of 6 (validations at 3
-    and 6); its progress."""
+    """A tiny BN-LSTM character model stopped at ``step`` of 6 (validations at 3 and 6), in the
+    first of its 2 epochs; its progress."""
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
         interrupt_at(patch, step)
-        Trainer(compose_config(*TINY), run_dir).run()
+        Trainer(compose_config(*TINY_TEXT), run_dir).run()
     return torch.load(run_dir / "last.pt", weights_only=True)["progress"]
 
 
@@ -128,7 +128,7 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
     compare(monkeypatch, str(tmp_path / "s"))
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm | 1 | 2.0000 |" in report  # the finished run alone in its group
-    row = f"| model=bnlstm,seed=1 | not finished | 2 / 200 | 4 / 6 | {progress['best']:.4f} (3) | "
+    row = f"| model=bnlstm,seed=1 | not finished | 1 / 2 | 4 / 6 | {progress['best']:.4f} (3) | "
     assert row in report.split("## Not finished")[1]
     assert report.rstrip().endswith("| cpu |")
 
@@ -137,5 +137,5 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
 def test_a_sweep_with_no_finished_run_yet_gets_its_table_of_where_runs_stand(tmp_path, monkeypatch):
     stopped_run(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
     figures = compare(monkeypatch, str(tmp_path / "s"))
-    assert "| model=bnlstm | not finished | 1 / 200 | 2 / 6 |  | " in (tmp_path / "s" / "compare.md").read_text()
+    assert "| model=bnlstm | not finished | 1 / 2 | 2 / 6 |  | " in (tmp_path / "s" / "compare.md").read_text()
     assert figures == []

@@ -112,14 +112,14 @@ def test_training_on_the_kernels_follows_the_eager_loss_curve(tmp_path, monkeypa
 def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
     interrupt_at(monkeypatch, 2)
     with pytest.raises(SystemExit) as stopped:
-        Trainer(compose_config(*TINY), tmp_path).run()
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert stopped.value.code == 130
     assert load(tmp_path / "last.pt")["progress"]["step"] == 2
     assert not (tmp_path / "results.json").exists()
 
 
 def test_ctrl_c_in_the_final_evaluation_exits_with_130_and_a_rerun_evaluates(tmp_path, monkeypatch):
-    whole = Trainer(compose_config(*TINY), tmp_path / "whole").run()
+    whole = Trainer(compose_config(*TINY_TEXT), tmp_path / "whole").run()
     evaluate = Trainer.evaluate
 
     def interrupted_test(self, split, **kwargs):
@@ -129,10 +129,10 @@ def test_ctrl_c_in_the_final_evaluation_exits_with_130_and_a_rerun_evaluates(tmp
 
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
         patch.setattr(Trainer, "evaluate", interrupted_test)
-        Trainer(compose_config(*TINY), tmp_path / "resumed").run()
+        Trainer(compose_config(*TINY_TEXT), tmp_path / "resumed").run()
     assert stopped.value.code == 130
     assert not (tmp_path / "resumed" / "results.json").exists()
-    resumed = Trainer(compose_config(*TINY), tmp_path / "resumed").run()
+    resumed = Trainer(compose_config(*TINY_TEXT), tmp_path / "resumed").run()
     assert resumed["test"] == whole["test"]
 
 
@@ -146,18 +146,18 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_train_step", interrupt_twice)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(compose_config(*TINY), tmp_path).run()
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert not (tmp_path / "last.pt").exists()
 
 
 def test_results_name_every_device_the_run_trained_on_and_its_training_time(tmp_path, monkeypatch):
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
         interrupt_at(patch, 3)
-        Trainer(compose_config(*TINY), tmp_path).run()
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     checkpoint = load(tmp_path / "last.pt")
     checkpoint["progress"]["devices"] = ["the GPU of an earlier allocation"]
     torch.save(checkpoint, tmp_path / "last.pt")
-    results = Trainer(compose_config(*TINY), tmp_path).run()
+    results = Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert results["devices"] == ["the GPU of an earlier allocation", "cpu"]
     assert results["train_seconds"] > 0
 
@@ -174,12 +174,12 @@ def default_sigterm():
 def test_sigterm_saves_the_current_step_and_exits_with_143_and_a_rerun_resumes(tmp_path, monkeypatch):
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
         interrupt_at(patch, 3, signal.SIGTERM)
-        Trainer(compose_config(*TINY), tmp_path).run()
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert stopped.value.code == 143
     assert load(tmp_path / "last.pt")["progress"]["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    results = Trainer(compose_config(*TINY), tmp_path).run()
-    assert results["status"] == "finished" and results["step"] == 6
+    Trainer(compose_config(*TINY_TEXT), tmp_path).fit()
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 6
 
 
 @pytest.mark.usefixtures("default_sigterm")
@@ -188,9 +188,9 @@ def test_a_sigterm_handler_installed_before_the_run_keeps_sigterm(tmp_path, monk
     received = []
     signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     interrupt_at(monkeypatch, 3, signal.SIGTERM)
-    results = Trainer(compose_config(*TINY), tmp_path).run()
+    Trainer(compose_config(*TINY_TEXT), tmp_path).fit()
     assert received == [signal.SIGTERM]
-    assert results["status"] == "finished" and results["step"] == 6
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 6
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
