@@ -1,8 +1,10 @@
 """train.py and scripts/compare.py through their command lines, on the embedded Shakespeare."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,23 @@ def test_a_run_writes_events_checkpoints_and_results_and_rerunning_it_resumes(tm
     assert "valid/bpc" in events.Tags()["scalars"]
     again = run("train.py", *TINY, cwd=tmp_path)
     assert "has already finished" in again.stderr + again.stdout
+
+
+def test_sigterm_from_outside_stops_a_run_with_its_checkpoint_and_status_143(tmp_path):
+    """As `timeout` or a scheduler sends it: to the process, while Hydra runs the job."""
+    args = [*TINY, "trainer.max_steps=1000000", "trainer.progress_bar=false"]
+    with open(tmp_path / "output.txt", "w") as output:
+        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, stdout=output, stderr=output)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("outputs/*/last.pt")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first validation saves last.pt: training has started
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    printed = (tmp_path / "output.txt").read_text()
+    if "could not fetch" in printed:
+        pytest.skip("the package registry is unreachable: no embedded Shakespeare")
+    assert process.returncode == 143, printed[-3000:]
+    assert "SIGTERM at step" in printed
 
 
 def test_no_overrides_is_the_default_run(tmp_path):
