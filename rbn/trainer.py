@@ -172,7 +172,8 @@ class Progress:
     best: float | None = None  # the selection metric of best.pt
     best_step: int = 0
     validated_step: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # in optimizer steps
+    wall_seconds: float = 0.0  # in the attempts, up to their last checkpoint: steps, validation, loading
     devices: list[str] = field(default_factory=list)  # what its attempts ran on, e.g. ["NVIDIA H100 80GB HBM3"]
 
 
@@ -235,6 +236,7 @@ class _StopRequested(Exception):
 
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path | str) -> None:
+        self.clock = time.perf_counter()  # the wall time since it was last added to progress
         check(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -466,7 +468,9 @@ class Trainer:
             torch.save(final, tmp)
         if not self.has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
+        self._add_wall_time()
         results["train_seconds"] = round(self.progress.train_seconds, 3)
+        results["wall_seconds"] = round(self.progress.wall_seconds, 3)
         results["devices"] = self.progress.devices
         for key in ("valid_batch_statistics", "valid", "test"):
             for name, value in results[key].items():
@@ -615,6 +619,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Writes ``name``.pt atomically: state dicts, plain values and tensors only."""
+        self._add_wall_time()
         cuda = self.device.type == "cuda"
         checkpoint = {
             "model": self.model.state_dict(),
@@ -627,6 +632,11 @@ class Trainer:
         }
         with atomic_path(self.run_dir / f"{name}.pt") as tmp:
             torch.save(checkpoint, tmp)
+
+    def _add_wall_time(self) -> None:
+        now = time.perf_counter()
+        self.progress.wall_seconds += now - self.clock
+        self.clock = now
 
     def _load(self, name: str) -> dict[str, Any] | None:
         path = self.run_dir / f"{name}.pt"

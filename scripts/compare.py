@@ -7,7 +7,8 @@ the one ROOT; required with several):
 
 - ``compare.md``: per dataset, one row per group: test and validation metrics as mean ± std
   over its seeds (population statistics; validation with batch statistics too), the paper's
-  test number for the model, the mean training time and the devices the runs trained on;
+  test number for the model, the mean time in training steps and in all (``train_seconds``,
+  ``wall_seconds``) and the devices the runs trained on;
   then the runs not finished (stopped, still training elsewhere, or diverged), from their
   ``last.pt``: the epoch and step reached, the best validation so far, the time so far;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
@@ -128,18 +129,19 @@ def table(data: str, groups: dict[str, list[dict]]) -> str:
         f"## {data}",
         "",
         (f"| model | seeds | test {metric} | paper | valid {metric} | valid {metric}, batch statistics | steps"
-         " | training time | devices |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+         " | training time | wall time | devices |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, runs in sorted(groups.items()):
         test, valid, batch = (mean_std([run[key][metric] for run in runs]) for key in ("test", "valid", "valid_batch_statistics"))
         paper = PAPER.get((data, runs[0]["run"]["model"]))
         steps = sorted({run["step"] for run in runs})
-        times = [run["train_seconds"] for run in runs if "train_seconds" in run]
+        times = {key: [run[key] for run in runs if key in run] for key in ("train_seconds", "wall_seconds")}
+        train_time, wall_time = (duration(statistics.mean(values)) if values else "" for values in times.values())
         devices = sorted({device for run in runs for device in run.get("devices", [])})
         lines.append(
             f"| {label} | {len(runs)} | {test} | {'' if paper is None else f'{paper:.4f}'} | {valid} | {batch}"
-            f" | {', '.join(map(str, steps))} | {duration(statistics.mean(times)) if times else ''} | {', '.join(devices)} |"
+            f" | {', '.join(map(str, steps))} | {train_time} | {wall_time} | {', '.join(devices)} |"
         )
     return "\n".join(lines) + "\n"
 

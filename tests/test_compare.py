@@ -98,18 +98,18 @@ def test_bad_roots_are_one_line(tmp_path, monkeypatch, capsys, two_sweeps, args,
     assert message in capsys.readouterr().err
 
 
-def test_a_row_has_the_papers_test_number_the_mean_training_time_and_the_devices(tmp_path, monkeypatch):
-    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0, "pmnist", train_seconds=3600.0, devices=["H100"])
-    write_run(tmp_path / "s" / "model=bnlstm,seed=1", "bnlstm", 1, 0.0, "pmnist", train_seconds=5400.0, devices=["H100", "H200"])
+def test_a_row_has_the_papers_test_number_the_mean_times_and_the_devices(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0, "pmnist", train_seconds=3600.0, wall_seconds=4000.0, devices=["H100"])
+    write_run(tmp_path / "s" / "model=bnlstm,seed=1", "bnlstm", 1, 0.0, "pmnist", train_seconds=5400.0, wall_seconds=6000.0, devices=["H100", "H200"])
     compare(monkeypatch, str(tmp_path / "s"))
     report = (tmp_path / "s" / "compare.md").read_text()
-    assert "| bnlstm | 2 | 2.0000 ± 0.0000 | 0.9540 | 2.0000 ± 0.0000 | 2.0000 ± 0.0000 | 4 | 1.25 h | H100, H200 |" in report
+    assert "| bnlstm | 2 | 2.0000 ± 0.0000 | 0.9540 | 2.0000 ± 0.0000 | 2.0000 ± 0.0000 | 4 | 1.25 h | 1.39 h | H100, H200 |" in report
 
 
 def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch):
     write_run(tmp_path / "s" / "model=lnlstm", "lnlstm", 0, 0.0, "pmnist")
     compare(monkeypatch, str(tmp_path / "s"))
-    assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |" in (tmp_path / "s" / "compare.md").read_text()
+    assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |  |" in (tmp_path / "s" / "compare.md").read_text()
 
 
 def stopped_run(run_dir: Path, monkeypatch, step: int) -> dict:

@@ -4,6 +4,7 @@ import json
 import math
 import re
 import signal
+import time
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
     Trainer(cfg, tmp_path / "resumed").run()
     whole, resumed = load(tmp_path / "whole" / "last.pt"), load(tmp_path / "resumed" / "last.pt")
     for progress in whole["progress"], resumed["progress"]:
-        progress.pop("train_seconds")
+        progress.pop("train_seconds"), progress.pop("wall_seconds")
     assert whole["progress"] == resumed["progress"]
     for name, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
@@ -150,16 +151,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     assert not (tmp_path / "last.pt").exists()
 
 
-def test_results_name_every_device_the_run_trained_on_and_its_training_time(tmp_path, monkeypatch):
+def test_results_name_every_device_the_run_trained_on_and_add_up_its_attempts_times(tmp_path, monkeypatch):
     with monkeypatch.context() as patch, pytest.raises(SystemExit):
         interrupt_at(patch, 3)
         Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     checkpoint = load(tmp_path / "last.pt")
     checkpoint["progress"]["devices"] = ["the GPU of an earlier allocation"]
+    checkpoint["progress"]["wall_seconds"] = 1000.0
     torch.save(checkpoint, tmp_path / "last.pt")
+    started = time.perf_counter()
     results = Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    elapsed = time.perf_counter() - started
     assert results["devices"] == ["the GPU of an earlier allocation", "cpu"]
-    assert results["train_seconds"] > 0
+    assert 1000.0 < results["wall_seconds"] <= 1000.0 + elapsed
+    assert 0 < results["train_seconds"] < elapsed + checkpoint["progress"]["train_seconds"]
 
 
 @pytest.fixture
