@@ -218,7 +218,10 @@ def main() -> None:
         unfinished.update({prefix + str(run["dir"].relative_to(root)): run for run in stopped})
     out = args.out or args.roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    report = "\n".join([*(table(data, groups[data]) for data in sorted(groups)), *([unfinished_table(unfinished)] if unfinished else [])])
+    sections = [table(data, groups[data]) for data in sorted(groups)]
+    if unfinished:
+        sections.append(unfinished_table(unfinished))
+    report = "\n".join(sections)
     (out / "compare.md").write_text(f"# Runs under {', '.join(map(str, args.roots))}\n\n{report}")
     for data in sorted(groups):
         plot(data, groups[data], out / f"curves_{data}.png")

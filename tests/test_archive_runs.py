@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, interrupt_at
+from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, stopped_run
 
 from rbn.trainer import Trainer
 
@@ -42,16 +42,10 @@ def finished_run(run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
-def interrupted_run(run_dir: Path, monkeypatch, step: int) -> None:
-    with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        interrupt_at(patch, step)
-        Trainer(compose_config(*TINY_TEXT), run_dir).run()
-
-
 def test_an_archived_run_has_its_results_config_and_the_scalars_tensorboard_shows(tmp_path, monkeypatch):
     """A run resumed from step 3 after an attempt that logged step 4: step 4 is archived once."""
     run_dir = tmp_path / "runs" / "model=bnlstm"
-    interrupted_run(run_dir, monkeypatch, 5)
+    stopped_run(compose_config(*TINY_TEXT), run_dir, monkeypatch, 5)
     shutil.copyfile(run_dir / "best.pt", run_dir / "last.pt")  # the validation at step 3
     finished_run(run_dir)
     archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
@@ -74,7 +68,7 @@ def test_histograms_figures_samples_and_checkpoints_stay_behind(tmp_path, monkey
 
 def test_only_finished_runs_are_archived(tmp_path, monkeypatch):
     finished_run(tmp_path / "runs" / "finished")
-    interrupted_run(tmp_path / "runs" / "interrupted", monkeypatch, 2)
+    stopped_run(compose_config(*TINY_TEXT), tmp_path / "runs" / "interrupted", monkeypatch, 2)
     archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
     assert [p.name for p in (tmp_path / "archive").iterdir()] == ["finished"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from trainer_helpers import TINY_TEXT, compose_config, interrupt_at
+from trainer_helpers import TINY_TEXT, compose_config, stopped_run
 
-from rbn.trainer import Trainer, comparison_charts
+from rbn.trainer import comparison_charts
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
@@ -112,19 +112,17 @@ def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch
     assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |  |" in (tmp_path / "s" / "compare.md").read_text()
 
 
-def stopped_run(run_dir: Path, monkeypatch, step: int) -> dict:
+def stopped_progress(run_dir: Path, monkeypatch, step: int) -> dict:
     """A tiny BN-LSTM character model stopped at ``step`` of 6 (validations at 3 and 6), in the
     first of its 2 epochs; its progress."""
-    with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        interrupt_at(patch, step)
-        Trainer(compose_config(*TINY_TEXT), run_dir).run()
+    stopped_run(compose_config(*TINY_TEXT), run_dir, monkeypatch, step)
     return torch.load(run_dir / "last.pt", weights_only=True)["progress"]
 
 
 @pytest.mark.usefixtures("tiny_data")
 def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatch):
     write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
-    progress = stopped_run(tmp_path / "s" / "model=bnlstm,seed=1", monkeypatch, 4)
+    progress = stopped_progress(tmp_path / "s" / "model=bnlstm,seed=1", monkeypatch, 4)
     compare(monkeypatch, str(tmp_path / "s"))
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm | 1 | 2.0000 |" in report  # the finished run alone in its group
@@ -135,7 +133,7 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
 
 @pytest.mark.usefixtures("tiny_data")
 def test_a_sweep_with_no_finished_run_yet_gets_its_table_of_where_runs_stand(tmp_path, monkeypatch):
-    stopped_run(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
+    stopped_progress(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
     figures = compare(monkeypatch, str(tmp_path / "s"))
     assert "| model=bnlstm | not finished | 1 / 2 | 2 / 6 |  | " in (tmp_path / "s" / "compare.md").read_text()
     assert figures == []

@@ -11,7 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from trainer_helpers import GRADIENT_FLOW, TINY, TINY_TEXT, compose_config, interrupt_at
+from trainer_helpers import (
+    GRADIENT_FLOW,
+    TINY,
+    TINY_TEXT,
+    compose_config,
+    interrupt_at,
+    stopped_run,
+)
 
 import data
 import rbn
@@ -49,14 +56,13 @@ def load(path):
 def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, monkeypatch, overrides, stop):
     cfg = compose_config(*overrides)
     Trainer(cfg, tmp_path / "whole").run()
-    with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        interrupt_at(patch, stop)
-        Trainer(cfg, tmp_path / "resumed").run()
+    stopped_run(cfg, tmp_path / "resumed", monkeypatch, stop)
     assert load(tmp_path / "resumed" / "last.pt")["progress"]["step"] == stop
     Trainer(cfg, tmp_path / "resumed").run()
     whole, resumed = load(tmp_path / "whole" / "last.pt"), load(tmp_path / "resumed" / "last.pt")
     for progress in whole["progress"], resumed["progress"]:
-        progress.pop("train_seconds"), progress.pop("wall_seconds")
+        for timing in ("train_seconds", "wall_seconds"):
+            progress.pop(timing)
     assert whole["progress"] == resumed["progress"]
     for name, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
@@ -111,10 +117,7 @@ def test_training_on_the_kernels_follows_the_eager_loss_curve(tmp_path, monkeypa
 
 
 def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
-    interrupt_at(monkeypatch, 2)
-    with pytest.raises(SystemExit) as stopped:
-        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
-    assert stopped.value.code == 130
+    assert stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 2) == 130
     assert load(tmp_path / "last.pt")["progress"]["step"] == 2
     assert not (tmp_path / "results.json").exists()
 
@@ -152,9 +155,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
 
 
 def test_results_name_every_device_the_run_trained_on_and_add_up_its_attempts_times(tmp_path, monkeypatch):
-    with monkeypatch.context() as patch, pytest.raises(SystemExit):
-        interrupt_at(patch, 3)
-        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 3)
     checkpoint = load(tmp_path / "last.pt")
     checkpoint["progress"]["devices"] = ["the GPU of an earlier allocation"]
     checkpoint["progress"]["wall_seconds"] = 1000.0
@@ -177,10 +178,7 @@ def default_sigterm():
 
 @pytest.mark.usefixtures("default_sigterm")
 def test_sigterm_saves_the_current_step_and_exits_with_143_and_a_rerun_resumes(tmp_path, monkeypatch):
-    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
-        interrupt_at(patch, 3, signal.SIGTERM)
-        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
-    assert stopped.value.code == 143
+    assert stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 3, signal.SIGTERM) == 143
     assert load(tmp_path / "last.pt")["progress"]["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     Trainer(compose_config(*TINY_TEXT), tmp_path).fit()

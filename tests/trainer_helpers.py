@@ -3,6 +3,7 @@
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -56,3 +57,12 @@ def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
         train_step(self, *args)
 
     monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
+
+
+def stopped_run(cfg, run_dir: Path, monkeypatch, step: int, signum: int = signal.SIGINT) -> int:
+    """Runs the trainer in ``run_dir`` until ``signum``, sent during step ``step``, stops it;
+    returns the exit status."""
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        interrupt_at(patch, step, signum)
+        Trainer(cfg, run_dir).run()
+    return stopped.value.code
