@@ -19,12 +19,13 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,7 +254,8 @@ class Trainer:
         self.progress = Progress()
         self.carry: State | None = None  # a language model's state between segments
         self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
-        self.stop_signal: int | None = None  # set by Ctrl-C or SIGTERM during fit()
+        self.stop_signal: int | None = None  # set by Ctrl-C, SIGTERM or submitit's preemption signal during fit()
+        self.hand_over: Callable[[int, Any], Any] | None = None  # submitit's handler of that signal
         if checkpoint:
             self._restore(checkpoint)
             log.info("resuming %s at step %d (epoch %d)", self.run_dir, self.progress.step, self.progress.epoch + 1)
@@ -291,7 +293,8 @@ class Trainer:
         """Trains until max_epochs or max_steps, validating every eval_interval steps (or at
         each epoch's end) and saving last.pt (and best.pt when validation improves). Ctrl-C or
         SIGTERM stops after the current step: last.pt is saved and the process exits with
-        128 + the signal's number (130, 143)."""
+        128 + the signal's number (130, 143). Under submitit, its preemption signal stops the
+        same way, and then goes to submitit's handler, which requeues the job."""
         bar = self._progress_bar()
         with bar, logging_redirect_tqdm(), self._stop_on_signals():
             try:
@@ -300,6 +303,8 @@ class Trainer:
                 self.save("last")
                 log.warning("%s at step %d; saved %s. Run the same command to resume",
                             signal.Signals(self.stop_signal).name, self.progress.step, self.run_dir / "last.pt")
+                if self.hand_over is not None:
+                    self.hand_over(self.stop_signal, None)
                 raise SystemExit(128 + self.stop_signal) from None
 
     def _train_epochs(self, bar: tqdm) -> None:
@@ -676,17 +681,24 @@ class Trainer:
     def _stop_on_signals(self) -> Iterator[None]:
         """The first Ctrl-C or SIGTERM (what `timeout`, SLURM and Kubernetes send before they
         kill) asks to stop after the current step; a second signal acts as it would without
-        the trainer, at once. SIGTERM stays with a handler that is already there: submitit's
-        requeues the job itself."""
+        the trainer, at once. SIGTERM stays with a handler that is already there (submitit's
+        ignores it). Under submitit, whose handler of its preemption signal requeues the job
+        and exits at once, that signal asks to stop too, and its handler gets it after last.pt
+        is saved: the requeued job loses no step."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
         signals = [signal.SIGINT]
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signals.append(signal.SIGTERM)
+        preemption = submitit_preemption_signal()
+        if preemption is not None and preemption not in signals and callable(signal.getsignal(preemption)):
+            signals.append(preemption)
 
         def request_stop(signum, frame) -> None:
             self.stop_signal = signum
+            if signum == preemption:
+                self.hand_over = previous[signum]
             restore()
             log.warning("%s: stopping after this step (send it again to stop at once, without a checkpoint)",
                         signal.Signals(signum).name)
@@ -704,6 +716,12 @@ class Trainer:
 
 class _Diverged(Exception):
     pass
+
+
+def submitit_preemption_signal() -> signal.Signals | None:
+    """The signal that submitit's handler takes as a time limit or a preemption coming: SIGUSR2,
+    or the one SUBMITIT_PREEMPT_SIGNAL names (USR1, ...); None where the platform lacks it."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
 
 
 def epoch_length(dataset, batch_size: int) -> int:

@@ -9,6 +9,8 @@ import time
 import pytest
 import torch
 from omegaconf import OmegaConf
+from submitit.core.utils import DelayedSubmission, JobPaths
+from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from trainer_helpers import (
@@ -22,7 +24,7 @@ from trainer_helpers import (
 
 import data
 import rbn
-from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_seed
+from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_seed, submitit_preemption_signal
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -187,13 +189,53 @@ def test_sigterm_saves_the_current_step_and_exits_with_143_and_a_rerun_resumes(t
 
 @pytest.mark.usefixtures("default_sigterm")
 def test_a_sigterm_handler_installed_before_the_run_keeps_sigterm(tmp_path, monkeypatch):
-    """submitit's handler requeues a SLURM job itself: the trainer must not take SIGTERM from it."""
+    """submitit's handler ignores SIGTERM (SLURM sends it at the end, after the preemption
+    signal): the trainer must not take SIGTERM from it."""
     received = []
     signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     interrupt_at(monkeypatch, 3, signal.SIGTERM)
     Trainer(compose_config(*TINY_TEXT), tmp_path).fit()
     assert received == [signal.SIGTERM]
     assert load(tmp_path / "last.pt")["progress"]["step"] == 6
+
+
+class SubmititJob:
+    """What hydra-submitit-launcher hands submitit to run: a callable that can be checkpointed,
+    that is, requeued with the same arguments."""
+
+    def __call__(self) -> None:
+        pass
+
+    def checkpoint(self) -> DelayedSubmission:
+        return DelayedSubmission(self)
+
+
+@pytest.fixture
+def submitit_job(tmp_path, monkeypatch):
+    """This process as a local submitit job's: submitit's own signal handlers installed, as it
+    installs them before the job runs. A local job is requeued by exiting with a status of
+    its own."""
+    for name in ("SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_GLOBALID"):
+        monkeypatch.setenv(name, "1" if name.endswith("NTASKS") else "0")
+    handled = (signal.SIGTERM, signal.SIGCONT, submitit_preemption_signal())
+    previous = {signum: signal.getsignal(signum) for signum in handled}
+    job = DelayedSubmission(SubmititJob())
+    job.set_timeout(timeout_min=60, max_num_timeout=3)
+    paths = JobPaths(tmp_path / "submitit", job_id="0")
+    paths.folder.mkdir()
+    LocalJobEnvironment()._handle_signals(paths, job)
+    yield paths.submitted_pickle
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def test_submitits_preemption_signal_saves_the_current_step_before_submitit_requeues_the_job(tmp_path, monkeypatch, submitit_job):
+    preemption = submitit_preemption_signal()
+    status = stopped_run(compose_config(*TINY_TEXT), tmp_path / "run", monkeypatch, 3, preemption)
+    assert status == LOCAL_REQUEUE_RETURN_CODE
+    assert submitit_job.is_file()  # what submitit resubmits
+    assert load(tmp_path / "run" / "last.pt")["progress"]["step"] == 3
+    assert signal.getsignal(preemption).__name__ == "checkpoint_and_try_requeue"
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
