@@ -1,6 +1,8 @@
-"""scripts/archive_runs.py, in process on runs of the trainer's tiny data (the ``tiny_data`` fixture)."""
+"""scripts/archive_runs.py, in process on runs of the trainer's tiny data (the ``tiny_data`` fixture); and the
+records it archived in docs/runs."""
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -87,3 +89,20 @@ def test_a_directory_without_finished_runs_is_refused(tmp_path, monkeypatch, cap
         archive_runs(monkeypatch, tmp_path, tmp_path / "archive")
     assert stopped.value.code == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "runs"
+
+
+@pytest.mark.parametrize(
+    "run_dir", sorted(path.parent for path in ARCHIVE.glob("*/*/results.json")), ids=lambda path: path.parent.name + "/" + path.name
+)
+def test_the_repositorys_archived_runs_validated_at_their_best_step_what_their_results_say(run_dir):
+    """The records in docs/runs agree with themselves: the final evaluation of best.pt on the
+    validation set (with batch statistics for BN-LSTM, as the runs were selected) equals the
+    scalar logged when that step was validated."""
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "finished"
+    metric = "accuracy" if "accuracy" in results["test"] else "bpc"
+    valid = results.get("valid_batch_statistics", results["valid"])[metric]
+    assert dict(scalars(run_dir)[f"valid/{metric}"])[results["best_step"]] == pytest.approx(valid, rel=1e-6)
