@@ -215,8 +215,8 @@ def submitit_job(tmp_path, monkeypatch):
     """This process as a local submitit job's: submitit's own signal handlers installed, as it
     installs them before the job runs. A local job is requeued by exiting with a status of
     its own."""
-    for name in ("SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_GLOBALID"):
-        monkeypatch.setenv(name, "1" if name.endswith("NTASKS") else "0")
+    for name, value in {"SUBMITIT_LOCAL_JOB_ID": "0", "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_GLOBALID": "0"}.items():
+        monkeypatch.setenv(name, value)
     handled = (signal.SIGTERM, signal.SIGCONT, submitit_preemption_signal())
     previous = {signum: signal.getsignal(signum) for signum in handled}
     job = DelayedSubmission(SubmititJob())
