@@ -15,8 +15,8 @@ step (``common``). Outside the loops: W_h's gradient, sum_t dA_t^T h_{t-1}, as o
 T*B rows, and the gradient to h_0, dA_0 W_h.
 """
 
-from __future__ import annotations
-
+# Not ``from __future__ import annotations``: Triton 3.0's interpreter (torch 2.4's) takes a kernel's
+# parameters for constexprs only where their annotation is the object, not a string.
 import torch
 import triton
 import triton.language as tl

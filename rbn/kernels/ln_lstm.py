@@ -16,8 +16,8 @@ Chan's formula, which does not cancel as E[x^2] - E[x]^2 does for an unbounded c
 programs meet at a grid barrier before they read them. Three barriers per step, each way.
 """
 
-from __future__ import annotations
-
+# Not ``from __future__ import annotations``: Triton 3.0's interpreter (torch 2.4's) takes a kernel's
+# parameters for constexprs only where their annotation is the object, not a string.
 import torch
 import triton
 import triton.language as tl
