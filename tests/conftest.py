@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -19,6 +20,19 @@ import data
 import rbn
 from data.sources import DataError
 from trainer_helpers import tiny_mnist, tiny_text
+
+
+def kernels_cannot_run() -> str | None:
+    """Why the Triton kernels cannot run in this session, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "needs Triton"
+    if rbn.kernels.interpreted() and (reason := rbn.kernels.interpreter_unsupported()) is not None:
+        return f"needs an interpreter that runs the kernels, not {reason}"
+    return None
+
+
+# The tests that run the kernels, rather than ask which calls they refuse.
+NEEDS_KERNELS = pytest.mark.skipif((cannot := kernels_cannot_run()) is not None, reason=str(cannot))
 
 LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
 # Each layer with each backend it computes differently with on this machine: rbn.LSTM's "auto" is

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import rbn
+from conftest import NEEDS_KERNELS
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY_SHAPE = "4,3,2,3"  # batch, steps, input size, hidden size: few steps, as the interpreter runs them one by one
@@ -79,6 +80,7 @@ def test_the_port_style_baseline_computes_what_bnlstm_computes(training):
         torch.testing.assert_close(actual[name], value, msg=name)
 
 
+@NEEDS_KERNELS  # its rows among the others
 @pytest.mark.slow  # starts a Python process that imports torch
 def test_every_layer_and_kernel_is_timed_against_nn_lstm(tiny_run):
     run, report = tiny_run

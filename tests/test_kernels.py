@@ -8,15 +8,16 @@ tests/test_cuda.py repeats the comparisons on a GPU at the benchmark shapes.
 
 import importlib.util
 
+import numpy
 import pytest
 import torch
 from torch.optim.swa_utils import update_bn
 
 import rbn
-from conftest import make
+from conftest import NEEDS_KERNELS, make
 from rbn.trainer import using_batch_statistics
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 T, B, I, H = 6, 5, 3, 20
@@ -73,6 +74,7 @@ def inputs(num_directions: int = 1, num_layers: int = 1) -> tuple[torch.Tensor, 
     return torch.randn(T, B, I, device=DEVICE), (torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE))
 
 
+@NEEDS_KERNELS
 def test_bn_lstm_kernels_train_as_the_eager_cells():
     """Batch statistics at every step, running statistics updated for the first max_length."""
     eager, fused = pair("BNLSTM", max_length=4)
@@ -80,6 +82,7 @@ def test_bn_lstm_kernels_train_as_the_eager_cells():
     assert_same(forward_backward(fused, x, hx), forward_backward(eager, x, hx))
 
 
+@NEEDS_KERNELS
 def test_bn_lstm_kernels_evaluate_with_population_statistics():
     """Steps beyond max_length reuse its last row of statistics."""
     eager, fused = pair("BNLSTM", max_length=4)
@@ -95,6 +98,7 @@ def test_bn_lstm_kernels_evaluate_with_population_statistics():
     assert_same(forward_backward(fused.eval(), x, hx), forward_backward(eager.eval(), x, hx))
 
 
+@NEEDS_KERNELS
 def test_bn_lstm_kernels_validate_with_batch_statistics_and_keep_the_running_ones():
     """How the trainer validates BN-LSTM: the layer in eval mode, its normalizations not."""
     eager, fused = pair("BNLSTM", max_length=4)
@@ -111,12 +115,14 @@ def test_bn_lstm_kernels_validate_with_batch_statistics_and_keep_the_running_one
     torch.testing.assert_close(results[1], results[0], rtol=1e-4, atol=1e-5)
 
 
+@NEEDS_KERNELS
 def test_ln_lstm_kernels_compute_the_eager_cell():
     eager, fused = pair("LNLSTM")
     x, hx = inputs()
     assert_same(forward_backward(fused, x, hx), forward_backward(eager, x, hx))
 
 
+@NEEDS_KERNELS
 @pytest.mark.slow
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_run_every_layer_and_direction_of_a_stack(layer_name):
@@ -131,6 +137,7 @@ def test_kernels_run_every_layer_and_direction_of_a_stack(layer_name):
     assert_same(results[1], results[0])
 
 
+@NEEDS_KERNELS
 def test_population_statistics_re_estimated_through_the_kernels_equal_eager():
     """update_bn's cumulative average (momentum None), per timestep, over several batches."""
     eager, fused = pair("BNLSTM", max_length=4)
@@ -175,6 +182,25 @@ def test_triton_backend_refuses_cpu_tensors_unless_interpreted(monkeypatch):
     monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)
     message = refusal(make("BNLSTM", backend="triton"), torch.randn(T, B, 3))
     assert "does not support CPU tensors (set TRITON_INTERPRET=1 before the first call" in message
+
+
+@pytest.mark.parametrize(("triton_version", "numpy_version", "needs"), [
+    ("3.1.0", "2.0.0", "NumPy 1.x or Triton 3.2+"),
+    ("3.6.0", "2.4.6", "NumPy < 2.4 or Triton 3.7+"),
+])
+def test_triton_backend_refuses_an_interpreter_that_the_installed_numpy_breaks(triton_version, numpy_version, needs, monkeypatch):
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: True)
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    message = refusal(make("BNLSTM", backend="triton"), torch.randn(T, B, 3))
+    assert f"does not support Triton {triton_version}'s interpreter with NumPy {numpy_version} (it needs {needs})" in message
+
+
+@pytest.mark.parametrize(("triton_version", "numpy_version"), [("3.1.0", "1.26.4"), ("3.2.0", "2.3.5"), ("3.7.0", "2.4.6")])
+def test_the_interpreter_is_taken_beside_the_numpy_it_works_with(triton_version, numpy_version, monkeypatch):
+    monkeypatch.setattr(triton, "__version__", triton_version)
+    monkeypatch.setattr(numpy, "__version__", numpy_version)
+    assert rbn.kernels.interpreter_unsupported() is None
 
 
 def test_triton_backend_refuses_batches_too_large_for_one_program():

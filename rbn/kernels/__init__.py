@@ -49,5 +49,24 @@ def unsupported(x: Tensor, weight: Tensor) -> str | None:
         return f"batches over {MAX_BATCH} sequences (got {batch})"
     if steps * batch * weight.shape[0] >= 2**31:
         return "sequences whose gates, T x B x 4H, have 2^31 elements or more (int32 offsets)"
-    return None
+    return interpreter_unsupported() if interpreted() else None
 
+
+def interpreter_unsupported() -> str | None:
+    """Why Triton's interpreter cannot run the kernels beside the installed NumPy, or None.
+    Found with a probe kernel (tl.dot, tl.sum, a loop to a scalar argument) under each Triton
+    from 3.0 to 3.8: Triton 3.0 and 3.1 (torch 2.4's and 2.5's) compute wrong results under
+    NumPy 2 (right ones under 1.26) without an error, and Triton 3.2 to 3.6 fail under NumPy
+    2.4 (not 2.3), which no longer converts a one-element array to an int."""
+    import numpy
+    import triton
+    from torch.torch_version import TorchVersion  # compares version strings with tuples
+
+    triton_version, numpy_version = TorchVersion(triton.__version__), TorchVersion(numpy.__version__)
+    if triton_version < (3, 2) and numpy_version >= (2,):
+        needs = "NumPy 1.x or Triton 3.2+"
+    elif triton_version < (3, 7) and numpy_version >= (2, 4):
+        needs = "NumPy < 2.4 or Triton 3.7+"
+    else:
+        return None
+    return f"Triton {triton.__version__}'s interpreter with NumPy {numpy.__version__} (it needs {needs})"
