@@ -21,6 +21,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be built for the co
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from torch.torch_version import TorchVersion  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.kernels import bn_lstm, ln_lstm  # noqa: E402
@@ -32,6 +33,7 @@ KERNELS = {
     "LN-LSTM forward": (ln_lstm._forward, {}),
     "LN-LSTM backward": (ln_lstm._backward, {}),
 }
+OLDEST_TRITON = (3, 3)  # ASTSource(constexprs=...), and the signatures written below
 SCALARS = {"T": "i32", "B": "i32", "H": "i32", "eps": "fp32", "eps_h": "fp32", "eps_c": "fp32"}
 
 
@@ -59,6 +61,9 @@ def resources(kernel, constants: dict, tiles: Tiling, arch: int) -> str:
 
 
 def main() -> None:
+    if TorchVersion(triton.__version__) < OLDEST_TRITON:
+        sys.exit(f"kernel_resources.py needs Triton {'.'.join(map(str, OLDEST_TRITON))} or later "
+                 f"(torch 2.7's) for the compiler interface it calls; this is Triton {triton.__version__}")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for the H100")
     parser.add_argument("--batch", type=int, nargs="+", default=[16, 32, 64, 128, 256])

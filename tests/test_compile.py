@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch._dynamo
+from torch._dynamo.utils import counters
 
 from conftest import make
 
@@ -21,7 +22,8 @@ def test_compiled_step_matches_eager(layer_name, weight_gradient):
         expected.square().sum().backward()
         output.square().sum().backward()
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=name)
+        # inductor fuses and reorders the float32 sums, torch 2.4's differently from later ones
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5, msg=name)
     for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):
         torch.testing.assert_close(c, b, msg=name)
 
@@ -29,7 +31,9 @@ def test_compiled_step_matches_eager(layer_name, weight_gradient):
 @pytest.mark.slow
 def test_compiled_step_compiles_a_few_times_not_once_per_timestep(layer_name, weight_gradient):
     torch._dynamo.reset()
+    counters.clear()
     model = make(layer_name, compile=True, **({"max_length": 16} if layer_name == "BNLSTM" else {}))
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # the limit is 8
-        for steps in (12, 20):
-            model(torch.randn(steps, 3, 3))[0].sum().backward()
+    for steps in (12, 20):
+        model(torch.randn(steps, 3, 3))[0].sum().backward()
+    # Below the limit, past which dynamo would stop compiling the step and run it eagerly.
+    assert counters["frames"]["ok"] < torch._dynamo.config.cache_size_limit
