@@ -26,9 +26,9 @@ def kernels_cannot_run() -> str | None:
     """Why the Triton kernels cannot run in this session, or None."""
     if importlib.util.find_spec("triton") is None:
         return "needs Triton"
-    if rbn.kernels.interpreted() and (reason := rbn.kernels.interpreter_unsupported()) is not None:
-        return f"needs an interpreter that runs the kernels, not {reason}"
-    return None
+    kernels = rbn.kernels
+    reason = kernels.interpreter_unsupported() if kernels.interpreted() else kernels.compiler_unsupported()
+    return None if reason is None else f"needs a Triton that runs the kernels here, not {reason}"
 
 
 # The tests that run the kernels, rather than ask which calls they refuse.

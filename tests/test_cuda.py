@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import make
+from conftest import NEEDS_KERNELS, make
 
 import rbn
 
@@ -187,6 +187,7 @@ def relative_errors(actual: dict, expected: dict) -> dict[str, float]:
     }
 
 
+@NEEDS_KERNELS
 @pytest.mark.parametrize("tf32", [False, True], ids=["fp32", "tf32"], indirect=True)
 @pytest.mark.parametrize("shape", BENCHMARK_SHAPES)
 @pytest.mark.parametrize("layer_name", NORMALIZED)
@@ -200,6 +201,7 @@ def test_kernels_equal_the_eager_loop_at_the_benchmark_shapes(layer_name, shape,
     assert max(errors.values()) < tolerance, errors
 
 
+@NEEDS_KERNELS
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_under_bf16_autocast_stay_as_close_to_float32_as_the_eager_loop(layer_name, monkeypatch):
     """bf16 reaches the kernels only through the input term; statistics and c are float32."""
@@ -219,6 +221,7 @@ def test_kernels_under_bf16_autocast_stay_as_close_to_float32_as_the_eager_loop(
     assert errors["fused"] < max(2 * errors["eager"], 1e-2), errors
 
 
+@NEEDS_KERNELS
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_run_a_two_layer_bidirectional_stack_with_dropout(layer_name, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -229,6 +232,7 @@ def test_kernels_run_a_two_layer_bidirectional_stack_with_dropout(layer_name, mo
     assert max(errors.values()) < 1e-4, errors
 
 
+@NEEDS_KERNELS
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_captured_in_a_cuda_graph_compute_what_they_compute_uncaptured(layer_name):
     """No host synchronization inside: make_graphed_callables captures forward and backward,
@@ -246,6 +250,7 @@ def test_kernels_captured_in_a_cuda_graph_compute_what_they_compute_uncaptured(l
         assert torch.equal(actual.grad, expected.grad), name
 
 
+@NEEDS_KERNELS
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_auto_keeps_the_eager_loop_until_the_kernels_have_passed_on_a_gpu(layer_name, monkeypatch):
     """Once this file passes on a GPU, auto is to choose the kernels on CUDA where they support
@@ -259,3 +264,11 @@ def test_auto_keeps_the_eager_loop_until_the_kernels_have_passed_on_a_gpu(layer_
     assert calls == []
     make(layer_name, backend="triton").cuda()(x)
     assert calls == [1]
+
+
+def test_triton_backend_refuses_a_triton_without_cooperative_launches_on_a_gpu(monkeypatch):
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    with pytest.raises(ValueError, match=r"does not support Triton 3\.2\.0 on a GPU \(the kernels' grid barrier"):
+        make("BNLSTM", backend="triton").cuda()(torch.randn(6, 5, 3, device="cuda"))

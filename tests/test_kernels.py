@@ -203,6 +203,14 @@ def test_the_interpreter_is_taken_beside_the_numpy_it_works_with(triton_version,
     assert rbn.kernels.interpreter_unsupported() is None
 
 
+def test_the_kernels_need_a_triton_that_launches_a_cooperative_grid_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(triton, "__version__", "3.2.0")
+    assert rbn.kernels.compiler_unsupported() == (
+        "Triton 3.2.0 on a GPU (the kernels' grid barrier needs a cooperative launch: Triton 3.3+, torch 2.7+)")
+    monkeypatch.setattr(triton, "__version__", "3.3.0")
+    assert rbn.kernels.compiler_unsupported() is None
+
+
 def test_triton_backend_refuses_batches_too_large_for_one_program():
     message = refusal(make("LNLSTM", backend="triton"), torch.randn(1, rbn.kernels.MAX_BATCH + 1, 3))
     assert f"does not support batches over {rbn.kernels.MAX_BATCH} sequences (got {rbn.kernels.MAX_BATCH + 1})" in message

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import NEEDS_KERNELS
 from omegaconf import OmegaConf
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
@@ -102,6 +103,7 @@ def training_losses(run_dir) -> list[float]:
 
 
 @NEEDS_CUDA
+@NEEDS_KERNELS
 @pytest.mark.parametrize("graphs", ["false", "true"], ids=["kernels", "kernels+graphs"])
 @pytest.mark.parametrize("model", ["bnlstm", "lnlstm"])
 def test_training_on_the_kernels_follows_the_eager_loss_curve(tmp_path, monkeypatch, model, graphs):

@@ -49,7 +49,19 @@ def unsupported(x: Tensor, weight: Tensor) -> str | None:
         return f"batches over {MAX_BATCH} sequences (got {batch})"
     if steps * batch * weight.shape[0] >= 2**31:
         return "sequences whose gates, T x B x 4H, have 2^31 elements or more (int32 offsets)"
-    return interpreter_unsupported() if interpreted() else None
+    return interpreter_unsupported() if interpreted() else compiler_unsupported()
+
+
+def compiler_unsupported() -> str | None:
+    """Why the installed Triton cannot launch the kernels on a GPU, or None. Their grid barrier
+    needs every program resident at once, which a cooperative launch guarantees; Triton takes
+    ``launch_cooperative_grid`` from 3.3 on, and before it refuses the unknown option."""
+    import triton
+    from torch.torch_version import TorchVersion  # compares version strings with tuples
+
+    if TorchVersion(triton.__version__) >= (3, 3):
+        return None
+    return f"Triton {triton.__version__} on a GPU (the kernels' grid barrier needs a cooperative launch: Triton 3.3+, torch 2.7+)"
 
 
 def interpreter_unsupported() -> str | None:
