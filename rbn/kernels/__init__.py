@@ -19,6 +19,7 @@ import os
 
 import torch
 from torch import Tensor
+from torch.torch_version import TorchVersion  # compares version strings with tuples
 
 MAX_BATCH = 256  # a program holds all batch rows in registers; beyond this they do not fit
 
@@ -57,7 +58,6 @@ def compiler_unsupported() -> str | None:
     needs every program resident at once, which a cooperative launch guarantees; Triton takes
     ``launch_cooperative_grid`` from 3.3 on, and before it refuses the unknown option."""
     import triton
-    from torch.torch_version import TorchVersion  # compares version strings with tuples
 
     if TorchVersion(triton.__version__) >= (3, 3):
         return None
@@ -72,7 +72,6 @@ def interpreter_unsupported() -> str | None:
     2.4 (not 2.3), which no longer converts a one-element array to an int."""
     import numpy
     import triton
-    from torch.torch_version import TorchVersion  # compares version strings with tuples
 
     triton_version, numpy_version = TorchVersion(triton.__version__), TorchVersion(numpy.__version__)
     if triton_version < (3, 2) and numpy_version >= (2,):
