@@ -22,17 +22,18 @@ from data.sources import DataError
 from trainer_helpers import tiny_mnist, tiny_text
 
 
-def kernels_cannot_run() -> str | None:
-    """Why the Triton kernels cannot run in this session, or None."""
+def kernels_cannot_run(interpreted: bool) -> str | None:
+    """Why the Triton kernels cannot run here, under the interpreter or compiled for the GPU, or None."""
     if importlib.util.find_spec("triton") is None:
         return "needs Triton"
-    kernels = rbn.kernels
-    reason = kernels.interpreter_unsupported() if kernels.interpreted() else kernels.compiler_unsupported()
+    reason = rbn.kernels.interpreter_unsupported() if interpreted else rbn.kernels.compiler_unsupported()
     return None if reason is None else f"needs a Triton that runs the kernels here, not {reason}"
 
 
-# The tests that run the kernels, rather than ask which calls they refuse.
-NEEDS_KERNELS = pytest.mark.skipif((cannot := kernels_cannot_run()) is not None, reason=str(cannot))
+# The tests that run the kernels, rather than ask which calls they refuse: in this process, or
+# under the interpreter in a process of their own (scripts/bench.py's tiny run, on any machine).
+NEEDS_KERNELS = pytest.mark.skipif((cannot := kernels_cannot_run(rbn.kernels.interpreted())) is not None, reason=str(cannot))
+NEEDS_INTERPRETER = pytest.mark.skipif((cannot := kernels_cannot_run(interpreted=True)) is not None, reason=str(cannot))
 
 LAYERS = ["LSTM", "BNLSTM", "LNLSTM"]
 # Each layer with each backend it computes differently with on this machine: rbn.LSTM's "auto" is

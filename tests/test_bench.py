@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import rbn
-from conftest import NEEDS_KERNELS
+from conftest import NEEDS_INTERPRETER
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 TINY_SHAPE = "4,3,2,3"  # batch, steps, input size, hidden size: few steps, as the interpreter runs them one by one
@@ -80,7 +80,7 @@ def test_the_port_style_baseline_computes_what_bnlstm_computes(training):
         torch.testing.assert_close(actual[name], value, msg=name)
 
 
-@NEEDS_KERNELS  # its rows among the others
+@NEEDS_INTERPRETER  # the tiny run interprets the kernels, for their rows among the others
 @pytest.mark.slow  # starts a Python process that imports torch
 def test_every_layer_and_kernel_is_timed_against_nn_lstm(tiny_run):
     run, report = tiny_run
