@@ -267,8 +267,7 @@ def test_auto_keeps_the_eager_loop_until_the_kernels_have_passed_on_a_gpu(layer_
 
 
 def test_triton_backend_refuses_a_triton_without_cooperative_launches_on_a_gpu(monkeypatch):
-    import triton
-
+    triton = pytest.importorskip("triton")
     monkeypatch.setattr(triton, "__version__", "3.2.0")
     with pytest.raises(ValueError, match=r"does not support Triton 3\.2\.0 on a GPU \(the kernels' grid barrier"):
         make("BNLSTM", backend="triton").cuda()(torch.randn(6, 5, 3, device="cuda"))
