@@ -314,9 +314,7 @@ class Trainer:
                 self._train_step(inputs, targets, bar)
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
                     self.validate()
-                # After the validation that is due, so that a resumed run has nothing to redo.
-                if self.stop_signal is not None:
-                    raise _StopRequested
+                self._stop_if_requested()
                 if self._at_step_limit():
                     break
             else:
@@ -325,8 +323,16 @@ class Trainer:
                 self.carry = None  # the next epoch starts at a new offset: no continuity
                 if trainer.eval_interval is None:
                     self.validate()
+                    self._stop_if_requested()
         if progress.validated_step != progress.step:
             self.validate()
+        self._stop_if_requested()  # a signal during the last validation, which fit() must not swallow
+
+    def _stop_if_requested(self) -> None:
+        """Called after each step and after each validation that is due then, so that a
+        resumed run has nothing to redo."""
+        if self.stop_signal is not None:
+            raise _StopRequested
 
     def _at_step_limit(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.progress.step >= self.cfg.trainer.max_steps

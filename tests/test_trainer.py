@@ -144,6 +144,39 @@ def test_ctrl_c_in_the_final_evaluation_exits_with_130_and_a_rerun_evaluates(tmp
     assert resumed["test"] == whole["test"]
 
 
+def interrupt_validation_at(monkeypatch, step: int) -> None:
+    """Sends Ctrl-C to this process while the validation after step ``step`` runs."""
+    validate = Trainer.validate
+
+    def interrupted(self):
+        if self.progress.step == step:
+            signal.raise_signal(signal.SIGINT)
+        validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", interrupted)
+
+
+def test_ctrl_c_during_an_end_of_epoch_validation_stops_before_the_next_step(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY_TEXT, "trainer.max_steps=null", "trainer.eval_interval=null", "trainer.max_epochs=2")
+    order = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
+    epoch = len(list(build_dataset(cfg).batches("train", cfg.trainer.batch_size, order)))
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        interrupt_validation_at(patch, epoch)
+        Trainer(cfg, tmp_path).run()
+    assert stopped.value.code == 130
+    assert load(tmp_path / "last.pt")["progress"]["step"] == epoch
+
+
+def test_ctrl_c_during_the_last_validation_stops_the_run_before_its_final_evaluation(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY_TEXT, "trainer.max_steps=5")  # validations at 3, and at 5 after the loop
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        interrupt_validation_at(patch, 5)
+        Trainer(cfg, tmp_path).run()
+    assert stopped.value.code == 130
+    assert not (tmp_path / "results.json").exists()
+    assert Trainer(cfg, tmp_path).run()["status"] == "finished"
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     train_step = Trainer._train_step
 
