@@ -77,12 +77,26 @@ class RunError(RuntimeError):
     """A run that cannot start or go on; the message is one line."""
 
 
+CHECKPOINT_KEYS = {"model", "optimizer", "progress", "rng", "carry", "permutation", "config"}
+# The trainer's options that change what is trained: a resumed attempt must keep them (an epoch's
+# position is counted in batches). The others (device, limits, intervals, logging) may change.
+TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
+
+
+def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's config (``to_dict``'s) that every attempt of the run must share:
+    all of it but where the data are and the trainer's options outside TRAINING_OPTIONS."""
+    data = {key: value for key, value in config["data"].items() if key not in ("root", "download")}
+    trainer = {key: config["trainer"].get(key) for key in TRAINING_OPTIONS}
+    return {**config, "data": data, "trainer": trainer}
+
+
 def build_dataset(cfg: DictConfig, permutation: Tensor | None = None):
     """The dataset of ``cfg.data``; pMNIST with the ``permutation`` a checkpoint saved."""
     options = to_dict(cfg.data)
     name = options.pop("name")
     if options["root"] is not None:
-        options["root"] = Path(to_absolute_path(options["root"]))
+        options["root"] = Path(to_absolute_path(os.path.expanduser(options["root"])))  # no shell expands data.root=~/...
     if permutation is not None:
         options["fixed_permutation"] = permutation
     return getattr(data, name)(**options)
@@ -655,11 +669,11 @@ class Trainer:
             return None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # any unreadable file: truncated, corrupt, not a checkpoint
+        except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
             raise RunError(f"{path} is unreadable ({type(error).__name__}); move it away to start this run over") from None
-        saved, current = dict(checkpoint["config"]), to_dict(self.cfg)
-        # The trainer's options (device, limits, intervals) may change between attempts.
-        saved.pop("trainer"), current.pop("trainer")
+        if not (isinstance(checkpoint, dict) and CHECKPOINT_KEYS <= checkpoint.keys()):
+            raise RunError(f"{path} is not a checkpoint of this trainer; move it away to start this run over")
+        saved, current = what_is_trained(checkpoint["config"]), what_is_trained(to_dict(self.cfg))
         if saved != current:
             differences = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in _diff(saved, current).items())
             raise RunError(f"{self.run_dir} holds a run with another config ({differences}); use another run directory")

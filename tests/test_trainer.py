@@ -21,6 +21,7 @@ from trainer_helpers import (
     compose_config,
     interrupt_at,
     stopped_run,
+    tiny_text,
 )
 
 import data
@@ -311,6 +312,34 @@ def test_the_trainers_options_may_change_on_resume(tmp_path):
     Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     results = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path)
     assert results.progress.step == 6
+
+
+def test_resuming_with_another_batch_size_is_refused(tmp_path):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    with pytest.raises(RunError, match=r"another config \(trainer.batch_size: 4 -> 3\)"):
+        Trainer(compose_config(*TINY_TEXT, "trainer.batch_size=3"), tmp_path)
+
+
+def test_a_run_resumes_with_its_data_in_another_place(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).run()
+    resumed = Trainer(compose_config(*TINY_TEXT, f"data.root={tmp_path / 'data'}", "data.download=false"), tmp_path)
+    assert resumed.progress.step == 3
+
+
+def test_data_root_may_start_at_the_home_directory(tmp_path, monkeypatch):
+    roots = []
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(data, "shakespeare", lambda root, **options: roots.append(root) or tiny_text(**options))
+    build_dataset(compose_config(*TINY_TEXT, "data.root='~/corpora'"))  # quoted: Hydra's grammar refuses a bare ~
+    assert roots == [tmp_path / "corpora"]
+
+
+@pytest.mark.parametrize("content", [{"model": {}}, torch.zeros(3)], ids=["dict", "tensor"])
+def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, content):
+    torch.save(content, tmp_path / "last.pt")
+    with pytest.raises(RunError, match="last.pt is not a checkpoint of this trainer") as error:
+        Trainer(compose_config(*TINY_TEXT), tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_an_unreadable_checkpoint_is_a_one_line_error(tmp_path):
