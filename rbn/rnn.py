@@ -224,23 +224,23 @@ class Recurrent(nn.Module):
 
     def _uses_kernels(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> bool:
         """Whether this call runs on the Triton kernels: with backend "triton", or a one-line
-        error naming what they do not support. "auto" does not choose them yet: they have
-        passed under Triton's interpreter and compile for sm_90, but have not run on a GPU."""
-        if self.backend != "triton" or self._recorded_hidden is not None:
+        error naming what they do not support. A padded batch (``lengths``) runs the eager loop
+        whatever the backend: the kernels know no lengths, and a language model's evaluation
+        ends in such a batch. "auto" does not choose them yet: they have passed under Triton's
+        interpreter and compile for sm_90, but have not run on a GPU."""
+        if self.backend != "triton" or self._recorded_hidden is not None or lengths is not None:
             return False
-        reason = self._kernels_unsupported(x, lengths)
+        reason = self._kernels_unsupported(x)
         if reason is not None:
             raise ValueError(f"backend='triton' does not support {reason}; backend='auto' runs such calls eagerly")
         return True
 
-    def _kernels_unsupported(self, x: Tensor, lengths: Tensor | Sequence[int] | None) -> str | None:
+    def _kernels_unsupported(self, x: Tensor) -> str | None:
         """What about this call the Triton kernels cannot run, or None."""
         if not hasattr(self.cell_class, "fused_recurrence"):
             return f"{type(self).__name__}, which has no Triton kernel"
         if self.compile_step:
             return "compile=True, which compiles the eager loop's step"
-        if lengths is not None:
-            return "lengths (padded batches)"
         return kernels.unsupported(x, self.weight_hh_l0)
 
     def _run_kernels(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:

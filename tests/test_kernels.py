@@ -168,9 +168,17 @@ def test_triton_backend_refuses_float64_in_one_line(layer_name):
                        "autocast); backend='auto' runs such calls eagerly")
 
 
-def test_triton_backend_refuses_padded_batches(layer_name="BNLSTM"):
-    message = refusal(make(layer_name, backend="triton"), torch.randn(T, B, 3), lengths=[T] * B)
-    assert "does not support lengths (padded batches)" in message
+@pytest.mark.parametrize("layer_name", NORMALIZED)
+def test_triton_backend_runs_padded_batches_in_the_eager_loop(layer_name, monkeypatch):
+    model = make(layer_name, backend="triton")
+    eager = make(layer_name, backend="eager")
+    eager.load_state_dict(model.state_dict())
+    monkeypatch.setattr(model.cell_class, "fused_recurrence", None)  # the kernels would fail
+    x, lengths = torch.randn(T, B, 3), torch.arange(B) % T + 1
+    output, (h_n, c_n) = model(x, lengths=lengths)
+    expected, (h_expected, c_expected) = eager(x, lengths=lengths)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    torch.testing.assert_close((h_n, c_n), (h_expected, c_expected), rtol=0, atol=0)
 
 
 def test_triton_backend_refuses_a_compiled_step():

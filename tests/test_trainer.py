@@ -121,6 +121,17 @@ def test_training_on_the_kernels_follows_the_eager_loss_curve(tmp_path, monkeypa
     torch.testing.assert_close(torch.tensor(kernels), torch.tensor(eager), rtol=1e-3, atol=1e-4)
 
 
+@NEEDS_KERNELS
+@pytest.mark.parametrize("batch_statistics", [True, False], ids=["batch", "population"])
+def test_a_language_model_on_the_kernels_evaluates_its_padded_last_batch(tmp_path, batch_statistics):
+    """On a CUDA device, or under Triton's interpreter: the padded batch runs eagerly."""
+    cfg = compose_config(*TINY_TEXT, "model=bnlstm", "model.backend=triton", "trainer.limit_eval_batches=null")
+    trainer = Trainer(cfg, tmp_path)
+    assert data.padded_lengths(list(trainer.dataset.batches("valid", cfg.trainer.batch_size))[-1][1]) is not None
+    metrics = trainer.evaluate("valid", batch_statistics)
+    assert math.isfinite(metrics["bpc"])
+
+
 def test_ctrl_c_saves_the_current_step_and_exits_with_130(tmp_path, monkeypatch):
     assert stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 2) == 130
     assert load(tmp_path / "last.pt")["progress"]["step"] == 2
