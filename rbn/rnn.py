@@ -230,13 +230,13 @@ class Recurrent(nn.Module):
         interpreter and compile for sm_90, but have not run on a GPU."""
         if self.backend != "triton" or self._recorded_hidden is not None or lengths is not None:
             return False
-        reason = self._kernels_unsupported(x)
+        reason = self.kernels_unsupported(x)
         if reason is not None:
             raise ValueError(f"backend='triton' does not support {reason}; backend='auto' runs such calls eagerly")
         return True
 
-    def _kernels_unsupported(self, x: Tensor) -> str | None:
-        """What about this call the Triton kernels cannot run, or None."""
+    def kernels_unsupported(self, x: Tensor) -> str | None:
+        """What about a call on x (T, B, I) the Triton kernels cannot run, or None."""
         if not hasattr(self.cell_class, "fused_recurrence"):
             return f"{type(self).__name__}, which has no Triton kernel"
         if self.compile_step:

@@ -50,7 +50,7 @@ from data.sources import atomic_path
 from . import BNLSTM, LNLSTM, LSTM, SequenceBatchNorm
 from .analysis import hidden_state_gradient_norms
 from .cells import State
-from .config import ConfigError, Precision, check, to_dict
+from .config import Backend, ConfigError, Precision, check, to_dict
 from .models import CharLM, SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,13 @@ def build_model(cfg: DictConfig, dataset) -> nn.Module:
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     options = to_dict(cfg.optim)
-    optimizer = OPTIMIZERS[options.pop("name")]
+    name = options.pop("name")
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
-    return optimizer(model.parameters(), **options)
+    try:
+        return OPTIMIZERS[name](model.parameters(), **options)
+    except ValueError as error:  # torch.optim's checks of its arguments
+        raise ConfigError(f"optim={name}: {error}") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -265,6 +268,7 @@ class Trainer:
         self.task = self.dataset.task
         self.model = build_model(cfg, self.dataset).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
+        self._check_before_training()
         self.progress = Progress()
         self.carry: State | None = None  # a language model's state between segments
         self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
@@ -278,6 +282,20 @@ class Trainer:
             self.progress.devices.append(device_name)
         # Events after the resumed step, from an attempt that went further, are discarded.
         self.writer = SummaryWriter(self.run_dir, purge_step=self.progress.step + 1)
+
+    def _check_before_training(self) -> None:
+        """What only the data or the device can refuse, in one line here rather than at the
+        first step: a batch larger than the training split, and kernels that cannot run."""
+        try:
+            next(self.dataset.batches("train", self.cfg.trainer.batch_size, torch.Generator()))
+        except ValueError as error:
+            raise ConfigError(f"trainer.batch_size={self.cfg.trainer.batch_size}: {error}") from None
+        if self.cfg.model.backend == Backend.triton:
+            recurrent = self.model.recurrent
+            batch = torch.empty(1, self.cfg.trainer.batch_size, recurrent.input_size, device=self.device)
+            reason = recurrent.kernels_unsupported(batch)
+            if reason is not None:
+                raise ConfigError(f"model.backend=triton does not support {reason}; model.backend=auto runs eagerly")
 
     # --- the run ---------------------------------------------------------------------------
 

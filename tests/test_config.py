@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
-from trainer_helpers import CONF, compose_config
+from trainer_helpers import CONF, TINY_TEXT, compose_config
 
 import rbn
 from rbn.config import ConfigError, check
@@ -158,3 +158,24 @@ def test_cuda_graphs_on_the_cpu_are_one_clear_line(tmp_path: Path):
 def test_a_device_name_that_is_not_a_device_is_one_clear_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="trainer.device='gpu0' is not a device"):
         Trainer(compose_config("trainer.device=gpu0"), tmp_path)
+
+
+def test_an_optimizer_setting_that_torch_refuses_is_one_clear_line():
+    with pytest.raises(ConfigError, match=r"optim=adam: Invalid beta parameter at index 1: 1.5") as error:
+        build_optimizer(compose_config("optim=adam", "optim.betas=[0.9,1.5]"), torch.nn.Linear(2, 2))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_batch_larger_than_the_training_split_is_one_clear_line_before_training(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=1000: the train split \(\d+ characters\) is too short"):
+        Trainer(compose_config(*TINY_TEXT, "trainer.batch_size=1000"), tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_kernels_that_cannot_run_here_are_one_clear_line_before_training(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)
+    with pytest.raises(ConfigError, match="model.backend=triton does not support CPU tensors") as error:
+        Trainer(compose_config(*TINY_TEXT, "model=bnlstm", "model.backend=triton", "trainer.device=cpu"), tmp_path)
+    assert "\n" not in str(error.value)
