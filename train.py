@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,8 @@ def main(cfg: DictConfig) -> float | None:
         results = trainer.run()
     except (ConfigError, RunError, DataError) as error:
         log.error("%s", error)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # an exception, unlike SystemExit, lets Hydra run the sweep's other jobs first
         sys.exit(f"error: {error}")
     if results["status"] != "finished":
         return None

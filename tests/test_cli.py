@@ -81,6 +81,14 @@ def test_a_sweep_puts_its_runs_under_one_root_that_compare_summarizes(tmp_path):
     assert (tmp_path / "sweep" / "curves_shakespeare.png").stat().st_size > 0
 
 
+def test_a_failing_job_of_a_sweep_lets_the_other_jobs_run(tmp_path):
+    process = run("train.py", "-m", "model=bnlstm,lstm", *TINY, "trainer.batch_size=1", "hydra.sweep.dir=sweep",
+                  cwd=tmp_path, check=False)
+    assert process.returncode == 1
+    assert "BN-LSTM trains on batch statistics" in process.stderr
+    assert [p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")] == ["model=lstm"]
+
+
 def test_a_sweep_with_a_malformed_override_gets_hydras_message(tmp_path):
     process = run("train.py", "-m", "model=[lstm,", cwd=tmp_path, check=False)
     assert process.returncode == 1
