@@ -481,7 +481,8 @@ class Trainer:
         name, higher_is_better = SELECTION[self.task]
         value = metrics[name]
         best = self.progress.best
-        improved = best is None or (value > best if higher_is_better else value < best)
+        # A NaN best would compare False with every later value and keep best.pt at its step.
+        improved = best is None or math.isnan(best) or (value > best if higher_is_better else value < best)
         self.progress.validated_step = step
         if improved:
             self.progress.best, self.progress.best_step = value, step

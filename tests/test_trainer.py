@@ -371,6 +371,17 @@ def test_best_checkpoint_holds_the_step_with_the_best_validation(tmp_path):
     assert load(tmp_path / "best.pt")["progress"]["step"] == best_step
 
 
+def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path, monkeypatch):
+    evaluate = Trainer.evaluate
+
+    def nan_at_step_3(self, split, **kwargs):
+        metrics = evaluate(self, split, **kwargs)
+        return {name: math.nan for name in metrics} if self.progress.step == 3 else metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", nan_at_step_3)
+    assert Trainer(compose_config(*TINY_TEXT), tmp_path).run()["best_step"] == 6
+
+
 def test_validation_with_batch_statistics_leaves_running_statistics_unchanged(tmp_path):
     trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
     trainer.fit()
