@@ -669,7 +669,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": asdict(self.progress),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            # The run's GPU only: an attempt may run on a machine with fewer GPUs, or on another index.
+            "rng": {"torch": torch.get_rng_state(), "cuda": [torch.cuda.get_rng_state(self.device)] if cuda else []},
             "carry": list(self.carry) if self.carry is not None else None,
             "permutation": getattr(self.dataset, "permutation", None),
             "config": to_dict(self.cfg),
@@ -704,7 +705,7 @@ class Trainer:
         self.progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if checkpoint["rng"]["cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0], self.device)
         if checkpoint["carry"] is not None:
             self.carry = tuple(s.to(self.device) for s in checkpoint["carry"])
 
