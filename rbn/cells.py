@@ -187,6 +187,9 @@ class BNLSTMCell(Cell):
         which the step multiplies and normalizes. Statistics shared over time need the whole
         sequence."""
         self.input_per_step = x.device.type in self.per_step_input_devices and not self.bn_x.shared
+        for norm in (self.bn_x, self.bn_h, self.bn_c):
+            if norm.training:  # only steps in training fill its rows
+                norm.start_sequence()
         if not self.input_per_step:
             return super().step_inputs(x, batch_sizes)
         self.bn_x.check_batch(x.shape[1])

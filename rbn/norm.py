@@ -26,8 +26,8 @@ class SequenceBatchNorm(_BatchNorm):
 
     Two entry points: ``forward`` normalizes a whole (T, B, C) sequence at once (one kernel
     when nothing is padded) and updates the running statistics; ``step`` normalizes one
-    (B, C) timestep inside a recurrence, and ``update_running_stats`` folds that sequence's
-    statistics in after the loop.
+    (B, C) timestep inside a recurrence, after ``start_sequence``, and ``update_running_stats``
+    folds that sequence's statistics in after the loop.
     """
 
     def __init__(
@@ -58,6 +58,11 @@ class SequenceBatchNorm(_BatchNorm):
         self.register_buffer("batch_mean", torch.zeros(max_length, num_features), persistent=False)
         self.register_buffer("batch_var", torch.zeros(max_length, num_features), persistent=False)
 
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        if hasattr(self, "batch_mean"):  # _NormBase.__init__ calls this before the scratch rows exist
+            self.start_sequence()
+
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if hasattr(self, "gamma"):  # _NormBase.__init__ calls this before gamma exists
@@ -86,6 +91,11 @@ class SequenceBatchNorm(_BatchNorm):
         statistic; their output is unspecified. ``shift`` (C,) is added to the output inside
         the normalization's own kernel (for BN(W_x x; gamma, 0) + b, one pass instead of two).
         """
+        if x.dim() != 3 or x.shape[-1] != self.num_features:
+            raise ValueError(
+                f"SequenceBatchNorm expects a sequence (T, B, C) with C = num_features = {self.num_features}, "
+                f"got shape {tuple(x.shape)}; .step(x, t) normalizes a single timestep (B, C)"
+            )
         steps, batch, channels = x.shape
         self.check_batch(batch)
         beta = self._shifted_beta(shift)
@@ -128,11 +138,16 @@ class SequenceBatchNorm(_BatchNorm):
         if self.training:
             counts = torch.tensor(batch_sizes, device=x.device)
             mask = torch.arange(batch, device=x.device) < counts[:, None]
-            mask = mask.unsqueeze(-1).to(x.dtype)
+            # Statistics in the running statistics' dtype, as in ``_normalize``: under bf16
+            # autocast x is bf16, and they are folded into float32 running statistics.
+            mask = mask.unsqueeze(-1).to(mean.dtype)
             reduce = (0, 1) if self.shared else (1,)
             n = mask.sum(reduce, keepdim=True)
-            batch_mean = (x * mask).sum(reduce, keepdim=True) / n
-            batch_var = ((x - batch_mean).square() * mask).sum(reduce, keepdim=True) / n
+            # A step beyond every sequence's end has n = 0: its statistics are discarded below,
+            # but the backward of a division by 0 would still be 0/0, NaN, in W_x's gradient.
+            valid = n.clamp(min=1)
+            batch_mean = (x * mask).sum(reduce, keepdim=True) / valid
+            batch_var = ((x - batch_mean).square() * mask).sum(reduce, keepdim=True) / valid
             # A step with a single valid sequence has no batch variance: population statistics.
             enough = n > 1
             mean = torch.where(enough, batch_mean, mean)
@@ -142,6 +157,16 @@ class SequenceBatchNorm(_BatchNorm):
             self._accumulate(batch_mean[:tracked, 0].detach(), unbiased[:tracked, 0].detach())
         out = (x - mean) * torch.rsqrt(var + self.eps) * self.gamma
         return out if beta is None else out + beta
+
+    def start_sequence(self) -> None:
+        """Clears the rows that ``step`` fills, before a sequence. It fills them as F.batch_norm
+        with momentum 1.0 does, 0 * old + new: a NaN that one non-finite batch left there would
+        otherwise stay, and reach the running statistics of every later batch."""
+        # Unseen by autograd, as F.batch_norm's own writes are: an earlier forward's graph,
+        # not yet backpropagated, holds these rows (which training's backward never reads),
+        # and would refuse a version bump.
+        self.batch_mean.data.zero_()
+        self.batch_var.data.zero_()
 
     def step(self, x: Tensor, t: int, shift: Tensor | None = None) -> Tensor:
         """Normalizes timestep t of a sequence, x (B, C), inside a recurrence; ``shift`` as in

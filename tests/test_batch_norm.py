@@ -194,3 +194,52 @@ def test_padded_batches_update_only_timesteps_with_two_or_more_sequences(momentu
     weight = 0.1 if momentum else 1.0
     torch.testing.assert_close(norm.running_mean[1], weight * x[1, :2].mean(0))
     torch.testing.assert_close(norm.running_var[2], (1 - weight) + weight * x[2, :2].var(0))
+
+
+@pytest.mark.parametrize("input_stats", ["per_step", "shared"])
+def test_padded_batches_train_under_bfloat16_autocast_into_float32_statistics(input_stats, monkeypatch):
+    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", ())  # the input term's padded path
+    mixed, full = make("BNLSTM", input_stats=input_stats), make("BNLSTM", input_stats=input_stats)
+    full.load_state_dict(mixed.state_dict())
+    x, lengths = torch.randn(6, 5, 3), [6, 5, 3, 2, 2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed(x, lengths=lengths)
+    full(x, lengths=lengths)
+    for name, value in full.state_dict().items():
+        assert mixed.state_dict()[name].dtype == value.dtype, name
+        torch.testing.assert_close(mixed.state_dict()[name], value, atol=2e-2, rtol=2e-2, msg=name)
+
+
+def test_update_bn_recovers_finite_statistics_after_a_non_finite_batch():
+    model = make("BNLSTM", max_length=4)
+    batches = [torch.randn(4, 5, 3) for _ in range(3)]
+    update_bn(batches, model)
+    expected = {name: value.clone() for name, value in model.state_dict().items()}
+    overflowed = torch.randn(4, 5, 3)
+    overflowed[0, 0, 0] = float("inf")  # as in an fp16 step that GradScaler then skips
+    model(overflowed)
+    update_bn(batches, model)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+
+
+def test_training_after_loading_a_state_dict_ignores_an_earlier_non_finite_batch():
+    model, fresh = make("BNLSTM", max_length=4), make("BNLSTM", max_length=4)
+    saved = fresh.state_dict()
+    model(torch.full((4, 5, 3), float("nan")))
+    model.load_state_dict(saved)
+    x = torch.randn(4, 5, 3)
+    model(x)
+    fresh(x)
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+
+
+def test_reset_running_stats_forgets_what_step_gathered():
+    norm = rbn.SequenceBatchNorm(3, max_length=2)
+    norm.step(torch.full((4, 3), float("nan")), 0)
+    norm.reset_running_stats()
+    x = torch.randn(4, 3)
+    norm.step(x, 0)
+    norm.update_running_stats([4])
+    torch.testing.assert_close(norm.running_mean[0], 0.1 * x.mean(0))

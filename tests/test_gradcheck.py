@@ -34,6 +34,12 @@ def test_gradients_are_exact_with_padding(layer_backend):
     check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
 
 
+def test_gradients_are_exact_when_every_sequence_ends_before_the_last_step(input_normalization):
+    """Steps with no valid sequence have no statistics, which must not leave 0/0 in the backward."""
+    model = make("BNLSTM", input_size=2, hidden_size=2, bidirectional=True)
+    check(model, torch.randn(5, 4, 2), lengths=torch.tensor([3, 2, 3, 2]))
+
+
 def test_gradients_are_exact_beyond_max_length():
     check(make("BNLSTM", input_size=2, hidden_size=2, max_length=2), torch.randn(5, 3, 2))
 
