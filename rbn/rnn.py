@@ -300,12 +300,18 @@ class Recurrent(nn.Module):
         else:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError("hx must be a tuple (h_0, c_0)")
+            expected = shape if batched else (shape[0], shape[2])
+            for name, s in zip(("h_0", "c_0"), hx):
+                if not isinstance(s, Tensor):
+                    raise TypeError(f"{name} must be a Tensor, got {type(s).__name__}")
+                if tuple(s.shape) != expected:
+                    raise ValueError(f"{name} must have shape {expected}, got {tuple(s.shape)}")
+                if s.device != x.device:
+                    raise ValueError(f"{name} must be on the input's device {x.device}, got {s.device}")
+                # Under autocast, products cast both to its dtype: nn.LSTM takes mixed dtypes there too.
+                if s.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+                    raise ValueError(f"{name} must have the input's dtype {x.dtype}, got {s.dtype}")
             h0, c0 = (s if batched else s.unsqueeze(1) for s in hx)
-            for name, s in (("h_0", h0), ("c_0", c0)):
-                if tuple(s.shape) != shape:
-                    expected = shape if batched else (shape[0], shape[2])
-                    got = tuple(s.shape) if batched else tuple(s.squeeze(1).shape)
-                    raise ValueError(f"{name} must have shape {expected}, got {got}")
         if self.training and self.h0_noise_std:
             h0 = h0 + self.h0_noise_std * torch.randn_like(h0)
         return h0, c0

@@ -57,6 +57,40 @@ def test_initial_state_of_wrong_shape(layer_name):
     raises(TypeError, r"hx must be a tuple \(h_0, c_0\)", lambda: model(torch.randn(6, 2, 3), torch.zeros(2, 2, 4)))
 
 
+def test_initial_state_that_is_not_a_tensor(layer_name):
+    model = make(layer_name)
+    hx = (torch.zeros(1, 2, 4), None)
+    raises(TypeError, "c_0 must be a Tensor, got NoneType", lambda: model(torch.randn(6, 2, 3), hx))
+    raises(TypeError, "c_0 must be a Tensor, got NoneType", lambda: model(torch.randn(6, 3), (torch.zeros(1, 4), None)))
+
+
+def test_initial_state_of_another_dtype_than_the_input(layer_name):
+    model = make(layer_name)
+    hx = (torch.zeros(1, 2, 4, dtype=torch.float64), torch.zeros(1, 2, 4, dtype=torch.float64))
+    raises(ValueError, "h_0 must have the input's dtype torch.float32, got torch.float64", lambda: model(torch.randn(6, 2, 3), hx))
+
+
+def test_under_autocast_an_initial_state_in_the_autocast_dtype_is_taken(layer_name):
+    model = make(layer_name)
+    hx = (torch.zeros(1, 2, 4, dtype=torch.bfloat16), torch.zeros(1, 2, 4, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = model(torch.randn(6, 2, 3), hx)
+    assert output.isfinite().all()
+
+
+def test_initial_state_on_another_device_than_the_input(layer_name):
+    model = make(layer_name)
+    hx = (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4, device="meta"))
+    raises(ValueError, "c_0 must be on the input's device cpu, got meta", lambda: model(torch.randn(6, 2, 3), hx))
+
+
+def test_sequence_batch_norm_input_that_is_not_a_sequence_of_num_features():
+    norm = rbn.SequenceBatchNorm(3, max_length=4)
+    expected = r"SequenceBatchNorm expects a sequence \(T, B, C\) with C = num_features = 3, got shape "
+    raises(ValueError, expected + r"\(5, 3\); .step\(x, t\) normalizes a single timestep", lambda: norm(torch.randn(5, 3)))
+    raises(ValueError, expected + r"\(4, 5, 2\)", lambda: norm(torch.randn(4, 5, 2)))
+
+
 def test_batch_norm_training_on_a_single_sequence():
     model = make("BNLSTM").train()
     raises(ValueError, "needs at least 2 sequences per batch, got 1", lambda: model(torch.randn(6, 1, 3)))
