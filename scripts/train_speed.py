@@ -4,8 +4,11 @@ preset would take at that speed.
 Each variant trains in a temporary directory for 2 x --steps steps, logging every --steps:
 the first interval absorbs CUDA-graph capture and kernel compilation, the second is the
 measurement (the trainer's own train/steps_per_second). Validation is timed on --eval-batches
-batches and scaled to the split. The estimate is training plus one validation per epoch, the
-preset's schedule; the final evaluation is left out.
+batches and scaled to the split. The estimate follows the run's own schedule, the preset's with
+the overrides given: min(max_steps, max_epochs x batches per epoch) steps, and a validation
+every eval_interval steps (or at each epoch's end) and at the last step; the final evaluation
+is left out. A variant the trainer would refuse is refused before anything is timed, and the
+JSON is rewritten after each variant, so a variant that fails loses none measured before it.
 
     python scripts/train_speed.py experiment=seqmnist model=bnlstm
     python scripts/train_speed.py experiment=ptb_char model=bnlstm data=shakespeare   # PTB's model on text at hand
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -27,6 +31,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from rbn.config import ConfigError, check  # noqa: E402
 from rbn.trainer import Trainer, epoch_length  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -47,15 +52,24 @@ def variants(spec: str) -> list[str]:
     return names
 
 
-def measure(overrides: list[str], steps: int, eval_batches: int) -> dict:
-    """Steps per second of the second interval, seconds per validation batch (the second of
-    two validations), and the preset's epochs and batches per epoch."""
+def compose_config(overrides: list[str]):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            *overrides, f"trainer.max_steps={2 * steps}", f"trainer.log_interval={steps}",
-            f"trainer.eval_interval={10 * steps}", f"trainer.limit_eval_batches={eval_batches}",
-            "trainer.progress_bar=false", "trainer.sample_length=0",
-        ])
+        return compose("config", overrides=overrides)
+
+
+def timed_config(overrides: list[str], steps: int, eval_batches: int):
+    """The config a variant is timed with: the run's, cut to two logged intervals and a short
+    validation."""
+    return compose_config([
+        *overrides, f"trainer.max_steps={2 * steps}", f"trainer.log_interval={steps}",
+        f"trainer.eval_interval={10 * steps}", f"trainer.limit_eval_batches={eval_batches}",
+        "trainer.progress_bar=false", "trainer.sample_length=0",
+    ])
+
+
+def measure(cfg, eval_batches: int) -> dict:
+    """Steps per second of the second interval, seconds per validation batch (the second of
+    two validations), and the batches per epoch of training and of validation."""
     with tempfile.TemporaryDirectory(prefix="rbn-train-speed-") as run_dir:
         trainer = Trainer(cfg, run_dir)
         trainer.fit()
@@ -70,9 +84,19 @@ def measure(overrides: list[str], steps: int, eval_batches: int) -> dict:
         batch_size = cfg.trainer.batch_size
         return dict(
             steps_per_second=steps_per_second, eval_seconds_per_batch=eval_seconds / eval_batches,
-            epochs=cfg.trainer.max_epochs, epoch_length=epoch_length(trainer.dataset, batch_size),
+            epoch_length=epoch_length(trainer.dataset, batch_size),
             valid_batches=sum(1 for _ in trainer.dataset.batches("valid", batch_size)),
         )
+
+
+def schedule(trainer, epoch_length: int) -> dict:
+    """The steps a run with this trainer config trains and the validations it makes, as
+    Trainer._train_epochs does: every eval_interval steps, or at each epoch's end, and at the
+    last step if none was due there."""
+    steps = trainer.max_epochs * epoch_length
+    if trainer.max_steps is not None:
+        steps = min(steps, trainer.max_steps)
+    return dict(steps=steps, validations=math.ceil(steps / (trainer.eval_interval or epoch_length)))
 
 
 def main() -> None:
@@ -86,20 +110,42 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() and any("graphs" in variant for variant in args.variants):
         parser.error("the CUDA-graph variants need a CUDA device: choose --variants eager,kernels")
+    try:
+        run = compose_config(args.overrides)  # the schedule to estimate, without the timing's
+        check(run)
+    except ConfigError as error:
+        parser.error(str(error))
+    # Every variant's config is checked before any is timed. One the trainer refuses (the
+    # kernels of model=lstm, which has none) is a one-line error naming those that can run, the
+    # default's too, as the CUDA-graph variants are without CUDA: skipped, it would leave a
+    # table that passes for every way of running the layer; found later, minutes of timing.
+    configs, refused = {}, {}
+    for variant in args.variants:
+        configs[variant] = timed_config([*args.overrides, *VARIANTS[variant]], args.steps, args.eval_batches)
+        try:
+            check(configs[variant])
+        except ConfigError as error:
+            refused[variant] = error
+    if refused:
+        runnable = [variant for variant in args.variants if variant not in refused]
+        parser.error("; ".join(f"variant {variant}: {error}" for variant, error in refused.items())
+                     + (f": choose --variants {','.join(runnable)}" if runnable else ""))
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
           f"{' '.join(args.overrides) or 'the default preset'}")
-    print(f"| {'variant':<15} | {'steps/s':>8} | {'valid s/epoch':>13} | {'whole run h':>11} |")
-    print(f"|{'-' * 17}|{'-' * 10}|{'-' * 15}|{'-' * 13}|")
+    print(f"| {'variant':<15} | {'steps/s':>8} | {'s/validation':>12} | {'whole run h':>11} |")
+    print(f"|{'-' * 17}|{'-' * 10}|{'-' * 14}|{'-' * 13}|")
     rows = []
     for variant in args.variants:
-        row = measure([*args.overrides, *VARIANTS[variant]], args.steps, args.eval_batches)
+        row = measure(configs[variant], args.eval_batches)
+        row.update(schedule(run.trainer, row["epoch_length"]))
         valid_seconds = row["eval_seconds_per_batch"] * row["valid_batches"]
-        hours = row["epochs"] * (row["epoch_length"] / row["steps_per_second"] + valid_seconds) / 3600
+        hours = (row["steps"] / row["steps_per_second"] + row["validations"] * valid_seconds) / 3600
         rows.append(dict(variant=variant, whole_run_hours=hours, **row))
-        print(f"| {variant:<15} | {row['steps_per_second']:>8.2f} | {valid_seconds:>13.1f} | {hours:>11.2f} |")
-    args.json.write_text(json.dumps(dict(overrides=args.overrides, rows=rows), indent=2))
-    print(f"\nwhole run: {rows[0]['epochs']} epochs of {rows[0]['epoch_length']} steps and {rows[0]['valid_batches']} "
-          f"validation batches, at the measured speeds; wrote {args.json}")
+        args.json.write_text(json.dumps(dict(overrides=args.overrides, rows=rows), indent=2))
+        print(f"| {variant:<15} | {row['steps_per_second']:>8.2f} | {valid_seconds:>12.1f} | {hours:>11.2f} |")
+    print(f"\nwhole run: {rows[0]['steps']} steps ({run.trainer.max_epochs} epochs of {rows[0]['epoch_length']} at most) "
+          f"and {rows[0]['validations']} validations of {rows[0]['valid_batches']} batches, at the measured speeds; "
+          f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from rbn.config import Backend
+from rbn.trainer import Trainer
+
 pytestmark = pytest.mark.usefixtures("tiny_data")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_speed.py"
 TINY = ["model.hidden_size=4", "trainer.batch_size=4"]
+TINY_TEXT = ["experiment=shakespeare", "data.segment_length=8", *TINY]  # 12 steps per epoch
 
 
 def train_speed(monkeypatch, *args: str) -> None:
@@ -26,10 +30,62 @@ def test_a_variant_gives_its_speed_and_the_whole_runs_estimate(tmp_path, monkeyp
     train_speed(monkeypatch, "--variants", "eager", "--steps", "2", "--eval-batches", "2", "--json", str(report), *TINY)
     (row,) = json.loads(report.read_text())["rows"]
     assert row["variant"] == "eager"
-    assert (row["epochs"], row["epoch_length"], row["valid_batches"]) == (200, 3, 2)  # the preset on 12 / 6 images
+    # The preset on 12 / 6 images: 200 epochs of 3 steps, validated at each epoch's end.
+    assert (row["steps"], row["validations"], row["epoch_length"], row["valid_batches"]) == (600, 200, 3, 2)
     assert row["steps_per_second"] > 0 and row["eval_seconds_per_batch"] > 0
     one_epoch = row["epoch_length"] / row["steps_per_second"] + row["valid_batches"] * row["eval_seconds_per_batch"]
     assert row["whole_run_hours"] == pytest.approx(200 * one_epoch / 3600)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "steps", "validations"),
+    [
+        ([], 24, 1),  # the preset's: 2 epochs, within its 2,000 steps; 250 steps between validations: only the last step
+        (["trainer.max_steps=20", "trainer.eval_interval=8"], 20, 3),  # at 8, 16 and the last step
+        (["trainer.eval_interval=null", "trainer.max_steps=18"], 18, 2),  # at the end of epoch 1 and the last step
+        (["trainer.eval_interval=null"], 24, 2),  # the last step ends epoch 2: one validation there
+    ],
+)
+def test_the_whole_run_estimate_follows_the_runs_own_steps_and_validations(tmp_path, monkeypatch, schedule, steps, validations):
+    report = tmp_path / "speed.json"
+    train_speed(monkeypatch, "--variants", "eager", "--steps", "2", "--eval-batches", "2", "--json", str(report), *TINY_TEXT, *schedule)
+    (row,) = json.loads(report.read_text())["rows"]
+    assert (row["steps"], row["validations"]) == (steps, validations)
+    validation = row["valid_batches"] * row["eval_seconds_per_batch"]
+    assert row["whole_run_hours"] == pytest.approx((steps / row["steps_per_second"] + validations * validation) / 3600)
+
+
+def test_a_schedule_the_trainer_refuses_is_refused_in_one_line(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager", *TINY_TEXT, "trainer.eval_interval=0")
+    assert exit.value.code == 2
+    assert "trainer.eval_interval must be positive, got 0" in capsys.readouterr().err
+
+
+def test_a_variant_the_trainer_refuses_is_refused_in_one_line_before_any_is_timed(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager,kernels", "model=lstm", *TINY_TEXT)
+    assert exit.value.code == 2
+    printed = capsys.readouterr()
+    error = printed.err.strip().splitlines()[-1]
+    assert "error: variant kernels: model.backend=triton: rbn.LSTM has no Triton kernel" in error
+    assert error.endswith(": choose --variants eager")
+    assert printed.out == ""  # no table: nothing was timed
+
+
+def test_the_variants_measured_before_one_that_fails_are_in_the_json(tmp_path, monkeypatch):
+    report = tmp_path / "speed.json"
+    start = Trainer.__init__
+
+    def fail_with_kernels(self, cfg, run_dir):
+        if cfg.model.backend == Backend.triton:
+            raise RuntimeError("the kernels failed")
+        start(self, cfg, run_dir)
+
+    monkeypatch.setattr(Trainer, "__init__", fail_with_kernels)
+    with pytest.raises(RuntimeError, match="the kernels failed"):
+        train_speed(monkeypatch, "--variants", "eager,kernels", "--steps", "2", "--eval-batches", "2", "--json", str(report), *TINY_TEXT)
+    assert [row["variant"] for row in json.loads(report.read_text())["rows"]] == ["eager"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
