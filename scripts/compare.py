@@ -1,9 +1,11 @@
 """Compares the runs of sweeps: ``python scripts/compare.py ROOT [ROOT ...] [--out DIR]``.
 
 Reads every ``results.json`` under each ROOT (one per run, as train.py writes them) and each
-run's TensorBoard events. Within a ROOT, runs that differ only in their seed form a group;
-with several ROOTs, each group's label starts with its ROOT's name. Writes to DIR (default:
-the one ROOT; required with several):
+run's TensorBoard events. Within a ROOT, runs of one experiment that differ only in their seed
+form a group: overrides that do not change what is computed (the keys that conf/config.yaml
+leaves out of run names, such as ``trainer.device``) do not split it, unless a sweep over one
+named its runs by it. With several ROOTs, each group's label starts with its ROOT's name.
+Writes to DIR (default: the one ROOT; required with several):
 
 - ``compare.md``: per dataset, one row per group: test and validation metrics as mean ± std
   over its seeds (population statistics; validation with batch statistics too), the paper's
@@ -33,6 +35,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,8 +47,12 @@ PAPER = {
     ("seqmnist", "lstm"): 0.989, ("seqmnist", "bnlstm"): 0.990, ("pmnist", "lstm"): 0.902, ("pmnist", "bnlstm"): 0.954,
     ("ptb_char", "lstm"): 1.38, ("ptb_char", "bnlstm"): 1.32, ("text8", "lstm"): 1.43, ("text8", "bnlstm"): 1.36,
 }
-# Overrides that choose what a row is (data, model) or repeat it (seed) are not part of its label.
-NOT_IN_LABEL = ("seed=", "model=", "data=", "experiment=")
+# Overrides that choose what a row is (data, experiment, model) or repeat it (seed) are not part
+# of its label; the experiment is, from results.json, where a dataset's runs come from several.
+NOT_IN_LABEL = {"seed", "model", "data", "experiment"}
+# The keys that do not change what is computed, which runs are not named by: train.py's NAMING.
+UNNAMED = set(OmegaConf.select(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml"),
+                               "hydra.job.config.override_dirname.exclude_keys"))
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -70,10 +77,16 @@ def unfinished_runs(root: Path) -> list[dict]:
             continue
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # any unreadable file: being replaced, truncated, not a checkpoint
-            print(f"skipped {path}: unreadable ({type(error).__name__})", file=sys.stderr)
-            continue
-        runs.append({"dir": path.parent, "status": status, "trainer": checkpoint["config"]["trainer"], **checkpoint["progress"]})
+            if not isinstance(checkpoint, dict):  # a tensor indexed by a string warns before it fails
+                raise TypeError(f"a {type(checkpoint).__name__}")
+            trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
+            runs.append({
+                "dir": path.parent, "status": status, "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
+                **{key: progress[key] for key in ("epoch", "step", "best", "best_step", "train_seconds")},
+                "devices": progress.get("devices", []),
+            })
+        except Exception as error:  # a file being replaced, truncated, or anything else saved as last.pt
+            print(f"skipped {path}: unreadable or not a checkpoint ({type(error).__name__})", file=sys.stderr)
     return runs
 
 
@@ -86,31 +99,43 @@ def unfinished_table(runs: dict[str, dict]) -> str:
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, run in sorted(runs.items()):
-        max_steps = run["trainer"]["max_steps"]
-        step = f"{run['step']}" + (f" / {max_steps}" if max_steps is not None else "")
+        step = f"{run['step']}" + (f" / {run['max_steps']}" if run["max_steps"] is not None else "")
         best = "" if run["best"] is None else f"{run['best']:.4f} ({run['best_step']})"
         lines.append(
-            f"| {name} | {run['status']} | {run['epoch'] + 1} / {run['trainer']['max_epochs']} | {step} | {best}"
-            f" | {duration(run['train_seconds'])} | {', '.join(run.get('devices', []))} |"
+            f"| {name} | {run['status']} | {run['epoch'] + 1} / {run['max_epochs']} | {step} | {best}"
+            f" | {duration(run['train_seconds'])} | {', '.join(run['devices'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def group_runs(runs: list[dict]) -> dict[str, dict[str, list[dict]]]:
-    """{data: {label: runs}}: the label is the model and the overrides that vary between the
-    dataset's runs, other than the seed."""
+    """{data: {label: runs}}: the label is the model, the experiment where the dataset's runs
+    come from several, and the overrides that vary between the dataset's runs and may change
+    what they compute."""
     by_data: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         by_data[run["run"]["data"]].append(run)
     groups: dict[str, dict[str, list[dict]]] = {}
     for data, data_runs in by_data.items():
-        overrides = [[o for o in run["run"]["overrides"] if not o.startswith(NOT_IN_LABEL)] for run in data_runs]
+        overrides = [label_overrides(run) for run in data_runs]
         common = set.intersection(*(set(o) for o in overrides))
+        several_experiments = len({run["run"]["experiment"] for run in data_runs}) > 1
         groups[data] = defaultdict(list)
         for run, own in zip(data_runs, overrides):
-            label = " ".join([run["run"]["model"], *(o for o in own if o not in common)])
+            experiment = [f"experiment={run['run']['experiment']}"] if several_experiments else []
+            label = " ".join([run["run"]["model"], *experiment, *(o for o in own if o not in common)])
             groups[data][label].append(run)
     return groups
+
+
+def label_overrides(run: dict) -> list[str]:
+    """The run's overrides that may name its group: not those of NOT_IN_LABEL, nor those of
+    UNNAMED (a run resumed with trainer.device=cpu is the same run), unless the run's directory
+    is named by it, as a sweep over such a key names its runs (train.py)."""
+    named = run["dir"].name.split(",")
+    keys = [override.lstrip("+~").split("=", 1)[0] for override in run["run"]["overrides"]]
+    return [override for override, key in zip(run["run"]["overrides"], keys)
+            if key not in NOT_IN_LABEL and (key not in UNNAMED or override in named)]
 
 
 def metric_of(run: dict) -> str:

@@ -16,16 +16,20 @@ from rbn.trainer import comparison_charts
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
 
-def write_run(path: Path, model: str, seed: int, offset: float, data: str = "shakespeare", **results) -> None:
-    """A finished run (Shakespeare unless ``data`` is another) whose every scalar at step s
-    is s + offset; ``results`` adds to its results.json."""
+def write_run(
+    path: Path, model: str, seed: int, offset: float, data: str = "shakespeare", experiment: str | None = None,
+    overrides: tuple[str, ...] = (), **results,
+) -> None:
+    """A finished run (Shakespeare unless ``data`` is another; of the experiment of that name
+    unless ``experiment`` is another) whose every scalar at step s is s + offset; ``overrides``
+    adds to its command line's, ``results`` to its results.json."""
     path.mkdir(parents=True)
     metric = "accuracy" if data.endswith("mnist") else "bpc"
     metrics = {"loss": 1.0 + offset, metric: 2.0 + offset}
     results = dict(
         status="finished", step=4, test=metrics, valid=metrics, valid_batch_statistics=metrics, **results,
-        run=dict(experiment=data, model=model, data=data, optim="adam", seed=seed,
-                 overrides=[f"model={model}", f"seed={seed}"]),
+        run=dict(experiment=experiment or data, model=model, data=data, optim="adam", seed=seed,
+                 overrides=[f"model={model}", f"seed={seed}", *overrides]),
     )
     (path / "results.json").write_text(json.dumps(results))
     with SummaryWriter(path) as writer:
@@ -110,6 +114,44 @@ def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch
     write_run(tmp_path / "s" / "model=lnlstm", "lnlstm", 0, 0.0, "pmnist")
     compare(monkeypatch, str(tmp_path / "s"))
     assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |  |" in (tmp_path / "s" / "compare.md").read_text()
+
+
+def test_runs_of_two_experiments_on_one_dataset_are_two_rows(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "experiment=shakespeare", "bnlstm", 0, 0.0, overrides=("experiment=shakespeare",))
+    write_run(tmp_path / "s" / "data=shakespeare,experiment=ptb_char", "bnlstm", 0, 1.0, experiment="ptb_char",
+              overrides=("experiment=ptb_char", "data=shakespeare"))
+    compare(monkeypatch, str(tmp_path / "s"))
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm experiment=ptb_char | 1 | 3.0000 |" in report
+    assert "| bnlstm experiment=shakespeare | 1 | 2.0000 |" in report
+
+
+def test_a_run_resumed_with_overrides_that_change_nothing_computed_stays_in_its_group(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    write_run(tmp_path / "s" / "model=bnlstm,seed=1", "bnlstm", 1, 1.0, overrides=("trainer.device=cpu", "trainer.progress_bar=false"))
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| bnlstm | 2 | 2.5000 ± 0.7071 |" in (tmp_path / "s" / "compare.md").read_text()
+
+
+def test_a_sweep_over_a_key_that_changes_nothing_computed_has_a_row_per_value(tmp_path, monkeypatch):
+    for offset, value in enumerate(("false", "true")):
+        override = f"trainer.cuda_graphs={value}"
+        write_run(tmp_path / "s" / override, "bnlstm", 0, float(offset), overrides=(override,))
+    compare(monkeypatch, str(tmp_path / "s"))
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm trainer.cuda_graphs=false | 1 | 2.0000 |" in report
+    assert "| bnlstm trainer.cuda_graphs=true | 1 | 3.0000 |" in report
+
+
+@pytest.mark.parametrize("saved", [{"model": {}}, torch.zeros(3)], ids=["a dict without a checkpoint's keys", "a tensor"])
+def test_a_last_pt_that_is_not_a_checkpoint_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, saved):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    (tmp_path / "s" / "model=bnlstm,seed=1").mkdir()
+    torch.save(saved, tmp_path / "s" / "model=bnlstm,seed=1" / "last.pt")
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert f"skipped {tmp_path / 's' / 'model=bnlstm,seed=1' / 'last.pt'}: unreadable or not a checkpoint" in capsys.readouterr().err
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm | 1 | 2.0000 |" in report and "Not finished" not in report
 
 
 def stopped_progress(run_dir: Path, monkeypatch, step: int) -> dict:
