@@ -77,8 +77,11 @@ def sequence_normalizations(monkeypatch) -> list[rbn.SequenceBatchNorm]:
 def test_on_cpu_the_loop_normalizes_the_input_term_step_by_step(monkeypatch):
     model = make("BNLSTM")
     whole = sequence_normalizations(monkeypatch)
+    steps, step = [], rbn.SequenceBatchNorm.step
+    monkeypatch.setattr(rbn.SequenceBatchNorm, "step", lambda self, x, t, **kw: steps.append((self, t)) or step(self, x, t, **kw))
     model(torch.randn(6, 5, 3))
     assert not any(norm is model.bn_x_l0 for norm in whole)
+    assert [t for norm, t in steps if norm is model.bn_x_l0] == list(range(6))
 
 
 def test_off_the_per_step_devices_the_input_term_is_normalized_for_the_whole_sequence(monkeypatch):
@@ -144,11 +147,14 @@ def test_population_statistics_from_update_bn_reproduce_training_outputs():
     assert (model(x)[0] - trained).abs().max() > 0.1
 
 
-def test_update_bn_restores_momentum_and_mode():
-    model = make("BNLSTM").eval()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_update_bn_restores_momentum_and_mode(mode):
+    model = make("BNLSTM").train(mode == "train")
+    norms = [m for m in model.modules() if isinstance(m, rbn.SequenceBatchNorm)]
     update_bn([torch.randn(6, 4, 3)], model)
-    assert not model.training
-    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, rbn.SequenceBatchNorm))
+    assert all(norm.num_batches_tracked.tolist() == [1] * 6 + [0] * 2 for norm in norms)  # reset, then updated
+    assert model.training == (mode == "train")
+    assert all(norm.momentum == 0.1 for norm in norms)
 
 
 def test_training_beyond_max_length_uses_batch_statistics():

@@ -29,7 +29,7 @@ def run(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.Co
     return process
 
 
-def test_a_run_writes_events_checkpoints_and_results_and_rerunning_it_resumes(tmp_path):
+def test_a_run_writes_events_checkpoints_and_results_and_rerunning_it_does_not_train_again(tmp_path):
     run("train.py", *TINY, cwd=tmp_path)
     (run_dir,) = (tmp_path / "outputs").iterdir()
     assert run_dir.name == ",".join(sorted(TINY))  # Hydra's override_dirname
