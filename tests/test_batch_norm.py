@@ -23,8 +23,12 @@ def test_only_the_cell_normalization_has_a_shift():
     assert model.bn_c_l0.beta.shape == (4,)
 
 
-def test_layer_norm_gains_start_at_one():
-    assert all((m.weight == 1).all() for m in make("LNLSTM").modules() if isinstance(m, torch.nn.LayerNorm))
+@pytest.mark.parametrize("gamma_init", [None, 0.5])
+def test_layer_norm_gains_start_at_gamma_init_one_by_default(gamma_init):
+    model = make("LNLSTM", **({} if gamma_init is None else {"gamma_init": gamma_init}))
+    model.reset_parameters()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 3 and all((m.weight == (gamma_init or 1.0)).all() for m in norms)
 
 
 def test_statistics_are_one_buffer_per_normalization_with_a_row_per_timestep():
