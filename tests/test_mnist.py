@@ -59,6 +59,16 @@ def test_torchvision_source_without_files_or_network_says_where_they_go(tmp_path
         mnist.load_mnist(tmp_path, source="torchvision", download=False)
 
 
+def test_a_failed_torchvision_download_is_a_one_line_error(tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(DataError) as error:
+        mnist.load_mnist(tmp_path, source="torchvision", download=True)
+    message = str(error.value)
+    assert "\n" not in message and "http://127.0.0.1:9/" in message
+
+
 def test_unknown_source_is_refused(tmp_path):
     with pytest.raises(ValueError, match="MNIST source must be one of embedded, torchvision; got 'kaggle'"):
         mnist.load_mnist(tmp_path, source="kaggle")

