@@ -7,7 +7,8 @@ and ``overrides.yaml``, and one event file with every scalar of the run's events
 TensorBoard shows them (an attempt's steps that a resumed run trained again are left out).
 Histograms, figures, samples and checkpoints stay behind. ``scripts/compare.py DEST`` and
 ``tensorboard --logdir DEST`` read the archive as they read ROOT. Archiving a run again
-replaces its records.
+replaces its records. DEST may lie inside ROOT (the records there are not taken for runs), but
+not be ROOT or hold it.
 
     python scripts/archive_runs.py multirun/pmnist docs/runs/pmnist
 """
@@ -52,7 +53,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.root.is_dir():
         parser.error(f"{args.root} is not a directory")
-    runs = load_runs(args.root)
+    dest = args.dest.resolve()
+    if args.root.resolve().is_relative_to(dest):
+        parser.error(f"DEST {args.dest} is ROOT or holds it: the records would be written among the runs they come from")
+    # DEST inside ROOT: the records of an earlier call are not runs, to archive again one level deeper.
+    runs = [run for run in load_runs(args.root) if not run["dir"].resolve().is_relative_to(dest)]
     if not runs:
         parser.error(f"no finished runs (results.json) under {args.root}")
     for run in runs:

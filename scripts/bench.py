@@ -387,8 +387,16 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5 for a meaningful median")
-    if args.cuda_graphs and torch.device(args.device).type != "cuda":
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device} but CUDA is not available here")
+    if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs --device cuda")
+    if not args.json.parent.is_dir():  # checked now, not after minutes of timing
+        parser.error(f"cannot write {args.json}: {args.json.parent} is not a directory")
     return args
 
 

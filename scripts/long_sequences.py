@@ -51,9 +51,17 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
     path = run_dir / "final.pt"
     if not path.is_file():
         raise UnreadableRun(f"{path} does not exist: {run_dir} is not a finished run")
-    final = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        final = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
+        raise UnreadableRun(f"{path} is unreadable ({type(error).__name__})") from None
+    if not (isinstance(final, dict) and {"model", "config"} <= final.keys()):
+        raise UnreadableRun(f"{path} is not a final.pt of rbn's trainer")
     cfg = OmegaConf.create(final["config"])
-    corpus = build_dataset(cfg)
+    try:
+        corpus = build_dataset(cfg)
+    except data.DataError as error:
+        raise UnreadableRun(f"the {cfg.data.name} data of {run_dir} are not available: {error}") from None
     if corpus.task != "language_model":
         raise UnreadableRun(f"{run_dir} is a {cfg.data.name} run; this script reads character-level language models")
     batch_size = cfg.trainer.batch_size
@@ -169,8 +177,11 @@ def main() -> None:
         runs = [load_run(run_dir, lengths[-1]) for run_dir in args.run_dirs]
     except (ConfigError, UnreadableRun) as error:
         parser.error(str(error))
+    try:  # now, not after every model is measured
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in its place or on its path, no permission
+        parser.error(f"cannot create --out {args.out}: {error.strerror}")
     rows = [row for run in runs for row in measure(*run, lengths, args.carry_state, args.limit_batches, device)]
-    args.out.mkdir(parents=True, exist_ok=True)
     report = table(rows, lengths, args.carry_state, args.limit_batches)
     (args.out / "long_sequences.md").write_text(report)
     plot(rows, lengths, args.carry_state, args.out / "long_sequences.png")

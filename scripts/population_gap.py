@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data import DataError  # noqa: E402
 from rbn.norm import SequenceBatchNorm  # noqa: E402
 from rbn.trainer import (  # noqa: E402
     Metrics,
@@ -30,6 +31,14 @@ from rbn.trainer import (  # noqa: E402
 )
 
 NORMALIZATIONS = {"bn_x": "BN(W_x x)", "bn_h": "BN(W_h h)", "bn_c": "BN(c)"}
+READS = {"model", "config", "permutation", "progress"}  # what this script reads of a checkpoint
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[SequenceBatchNorm]) -> dict[str, float]:
@@ -46,15 +55,23 @@ def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--batches", type=int, default=8, help="validation batches to evaluate")
-    parser.add_argument("--estimate-batches", type=int, default=20, help="training batches for update_bn")
+    parser.add_argument("--batches", type=positive, default=8, help="validation batches to evaluate")
+    parser.add_argument("--estimate-batches", type=positive, default=20, help="training batches for update_bn")
     args = parser.parse_args()
     path = args.run_dir / "best.pt"
     if not path.is_file():
         parser.error(f"{path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
+        parser.error(f"{path} is unreadable ({type(error).__name__})")
+    if not (isinstance(checkpoint, dict) and READS <= checkpoint.keys()):
+        parser.error(f"{path} is not a checkpoint of rbn's trainer")
     cfg = OmegaConf.create(checkpoint["config"])
-    dataset = build_dataset(cfg, checkpoint["permutation"])
+    try:
+        dataset = build_dataset(cfg, checkpoint["permutation"])
+    except DataError as error:
+        parser.error(f"the {cfg.data.name} data of {args.run_dir} are not available: {error}")
     if dataset.task != "classification":
         parser.error(f"{args.run_dir} is a {cfg.data.name} run; this script reads classification runs")
     model = build_model(cfg, dataset)

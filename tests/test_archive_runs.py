@@ -91,6 +91,22 @@ def test_a_directory_without_finished_runs_is_refused(tmp_path, monkeypatch, cap
     assert "no finished runs" in capsys.readouterr().err
 
 
+def test_records_archived_inside_root_are_not_taken_for_runs(tmp_path, monkeypatch):
+    finished_run(tmp_path / "runs" / "run")
+    for _ in range(2):
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "runs" / "archive")
+    assert [p.name for p in (tmp_path / "runs" / "archive").iterdir()] == ["run"]
+
+
+@pytest.mark.parametrize("root", [".", "sweep"], ids=["dest-is-root", "dest-holds-root"])
+def test_a_dest_that_is_root_or_holds_it_is_a_one_line_error(tmp_path, monkeypatch, capsys, root):
+    finished_run(tmp_path / root / "run")
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path / root, tmp_path)
+    assert stopped.value.code == 2
+    assert "is ROOT or holds it" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "runs"
 
 

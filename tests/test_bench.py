@@ -1,7 +1,8 @@
 """scripts/bench.py on a tiny shape: every layer's backends (the Triton kernels' too, under the
 interpreter) and every kernel are timed against nn.LSTM, profiled, with their peak memory on
 CUDA and the TF32 settings in the report; and the port-style baseline computes what
-rbn.BNLSTM computes, so that their times compare."""
+rbn.BNLSTM computes, so that their times compare. Bad options are one-line errors before
+anything is timed."""
 
 import functools
 import importlib.util
@@ -176,3 +177,27 @@ def test_a_shape_that_is_not_four_positive_integers_is_one_line():
     run = bench("--shapes", "4,6,0,3")
     assert run.returncode == 2
     assert "four positive integers B,T,I,H" in run.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "bogus"], "--device 'bogus' is not a device"),
+        (["--json", "missing/b.json"], "cannot write missing/b.json: missing is not a directory"),
+    ],
+    ids=["not-a-device", "json-in-no-directory"],
+)
+def test_bad_options_are_one_line_errors_before_anything_is_timed(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        bench_module().arguments(args)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_where_there_is_none_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench_module().arguments(["--device", "cuda"])
+    assert exit.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err.strip().splitlines()[-1]

