@@ -495,7 +495,7 @@ class Trainer:
         """The paper's test procedure with the parameters of best.pt."""
         best = self._load("best")
         if best is not None:
-            self.model.load_state_dict(best["model"])
+            self._load_model(best, "best")
         results: dict[str, Any] = {"status": "finished", "step": self.progress.step, "best_step": self.progress.best_step}
         if self.has_batch_norm():
             results["valid_batch_statistics"] = self.evaluate("valid", batch_statistics=True)
@@ -699,8 +699,16 @@ class Trainer:
             raise RunError(f"{self.run_dir} holds a run with another config ({differences}); use another run directory")
         return checkpoint
 
+    def _load_model(self, checkpoint: dict[str, Any], name: str) -> None:
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as error:  # same config, other shapes: the data built another model
+            first = str(error).splitlines()[1].strip()
+            raise RunError(f"{self.run_dir / name}.pt does not fit the model this config builds now ({first}); "
+                           "its data may have changed since (a vocabulary): use another run directory") from None
+
     def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        self._load_model(checkpoint, "last")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.progress = Progress(**checkpoint["progress"])
         torch.set_rng_state(checkpoint["rng"]["torch"])

@@ -27,6 +27,7 @@ from trainer_helpers import (
 
 import data
 import rbn
+from data.text import build_corpus
 from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_seed, submitit_preemption_signal
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
@@ -353,6 +354,15 @@ def test_data_root_may_start_at_the_home_directory(tmp_path, monkeypatch):
 def test_a_file_that_is_not_a_checkpoint_is_a_one_line_error(tmp_path, content):
     torch.save(content, tmp_path / "last.pt")
     with pytest.raises(RunError, match="last.pt is not a checkpoint of this trainer") as error:
+        Trainer(compose_config(*TINY_TEXT), tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_of_a_model_that_the_data_no_longer_build_is_a_one_line_error(tmp_path, monkeypatch):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).run()
+    monkeypatch.setattr(data, "shakespeare", lambda **options: build_corpus(
+        {"train": "a new symbol: z " * 40, "valid": "z " * 40, "test": "z " * 40}, options["segment_length"]))
+    with pytest.raises(RunError, match=r"last.pt does not fit the model this config builds now \(size mismatch") as error:
         Trainer(compose_config(*TINY_TEXT), tmp_path)
     assert "\n" not in str(error.value)
 
