@@ -3,7 +3,8 @@
 A corpus is three tensors of symbol ids (train, valid, test) and a vocabulary built from the
 training split, with an unknown symbol at id 0 for characters the training split lacks.
 
-Batching (``CharCorpus.batches``), as in the paper:
+Batching (``CharCorpus.batches``), with the state carried from segment to segment (the
+authors' scripts train on shuffled, independent segments instead; README, "Training"):
 
 - training (a ``generator`` given): the split starts at a random offset in [0, L), drawn anew
   every epoch, and is cut into ``batch_size`` contiguous streams, read L characters at a time.

@@ -81,7 +81,12 @@ def test_presets_pin_the_papers_hyperparameters(experiment):
     assert cfg.model.dropout == 0 and cfg.model.num_layers == 1
     assert cfg.model.init.value == ("identity_g" if "mnist" in experiment else "orthogonal")
     if optimizer == "rmsprop":
-        assert cfg.optim.momentum == 0.9
+        assert (cfg.optim.alpha, cfg.optim.momentum) == (0.9, 0.9)
+
+
+@pytest.mark.parametrize(("experiment", "momentum"), [("seqmnist", 0.01), ("pmnist", 0.01), ("ptb_char", 0.05), ("text8", 0.05)])
+def test_bn_lstm_keeps_running_statistics_with_the_authors_decay(experiment, momentum):
+    assert compose_config(f"experiment={experiment}", "model=bnlstm").model.momentum == momentum
 
 
 def test_h0_noise_is_for_the_normalized_models_where_black_pixels_zero_their_variance():
