@@ -10,7 +10,8 @@ batch of each image's norm, as the authors' plotting script computes it. Right p
 E[tanh'(x)] and the quartiles of tanh'(x) for x ~ N(0, σ²): the larger σ, the more tanh saturates.
 
     python scripts/gradient_flow.py                            # T 196 (2 x 2 pooled images): half a minute on a CPU
-    python scripts/gradient_flow.py --pool 1 --device cuda     # the paper's T 784 (2 minutes on one CPU core)
+    python scripts/gradient_flow.py --pool 1                   # the paper's T 784: 1 min 40 s on one CPU core
+    python scripts/gradient_flow.py --pool 1 --device cuda     # the same on a GPU
     python scripts/gradient_flow.py --gammas 0.1,1 --seeds 1 --batches 1 --png flow.png --csv flow.csv
 
 Writes the PNG and a CSV (a row per model, γ and step t: the mean norm over seeds and batches),
