@@ -46,8 +46,9 @@ class UnreadableRun(Exception):
     """A run directory this script cannot evaluate; the message is one line."""
 
 
-def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCorpus, dict]:
-    """The run's config, its corpus (cut at the training length) and final.pt's parameters."""
+def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCorpus, torch.nn.Module]:
+    """The run's config, its corpus (cut at the training length) and its model with final.pt's
+    parameters, built now so that a run that cannot be evaluated is refused before any is measured."""
     path = run_dir / "final.pt"
     if not path.is_file():
         raise UnreadableRun(f"{path} does not exist: {run_dir} is not a finished run")
@@ -70,7 +71,15 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
         raise UnreadableRun(
             f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})"
         )
-    return run_dir, cfg, corpus, final["model"]
+    model = build_model(cfg, corpus)
+    try:
+        model.load_state_dict(final["model"])
+    except RuntimeError as error:  # the config as saved, other shapes: the data built another model then
+        first = str(error).splitlines()[1].strip()
+        raise UnreadableRun(
+            f"{path} does not fit the model its config builds now ({first}); its data may have changed since (a vocabulary)"
+        ) from None
+    return run_dir, cfg, corpus, model
 
 
 @torch.no_grad()
@@ -92,13 +101,11 @@ def bpc_on_test_split(
 
 
 def measure(
-    run_dir: Path, cfg: DictConfig, corpus: data.CharCorpus, parameters: dict, lengths: list[int],
+    run_dir: Path, cfg: DictConfig, corpus: data.CharCorpus, model: torch.nn.Module, lengths: list[int],
     carry_state: bool, limit_batches: int | None, device: torch.device,
 ) -> list[dict]:
     """One row per way of normalizing the run's model: its bpc at each length."""
-    model = build_model(cfg, corpus).to(device)
-    model.load_state_dict(parameters)
-    model.eval()
+    model.to(device).eval()
     norms = [m for m in model.modules() if isinstance(m, SequenceBatchNorm)]
     bf16 = cfg.trainer.precision == Precision.bf16.value
     rows = []

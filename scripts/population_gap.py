@@ -75,7 +75,11 @@ def main() -> None:
     if dataset.task != "classification":
         parser.error(f"{args.run_dir} is a {cfg.data.name} run; this script reads classification runs")
     model = build_model(cfg, dataset)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # the config as saved, other parameters: the code or data build another model now
+        first = str(error).splitlines()[1].strip()
+        parser.error(f"{path} does not fit the model its config builds now ({first})")
     norms = {kind: [m for name, m in model.named_modules() if name.split(".")[-1].startswith(kind)]
              for kind in NORMALIZATIONS}
     if not any(norms.values()):

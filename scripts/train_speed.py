@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("train_speed.json"))
     args = parser.parse_args()
+    if not args.json.parent.is_dir():  # checked now, not after minutes of timing
+        parser.error(f"cannot write {args.json}: {args.json.parent} is not a directory")
     if not torch.cuda.is_available() and any("graphs" in variant for variant in args.variants):
         parser.error("the CUDA-graph variants need a CUDA device: choose --variants eager,kernels")
     try:

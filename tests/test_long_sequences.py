@@ -198,8 +198,36 @@ def test_a_run_whose_data_are_missing_is_a_one_line_error(tmp_path, monkeypatch,
     assert f"the shakespeare data of {run_dir} are not available: shakespeare.txt is missing" in error
 
 
+def write_final_of_a_larger_vocabulary(run_dir: Path) -> Path:
+    """The final.pt of a tiny LSTM run made when its corpus had one more symbol (as Shakespeare
+    had its asterisks): the config builds a model of one symbol fewer now."""
+    cfg = compose_config(*TINY_TEXT, "model=lstm")
+    corpus = tiny_text(segment_length=TRAINING_LENGTH)
+    then = data.CharCorpus([*corpus.vocab, "*"], corpus.splits, corpus.segment_length)
+    run_dir.mkdir()
+    final = {"config": to_dict(cfg), "model": build_model(cfg, then).state_dict(), "permutation": None}
+    torch.save(final, run_dir / "final.pt")
+    return run_dir
+
+
+def test_a_final_pt_that_the_data_no_longer_build_is_a_one_line_error_naming_it_and_the_first_mismatch(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(data, "shakespeare", tiny_text)
+    run_dir = write_final_of_a_larger_vocabulary(tmp_path / "run")
+    error = one_line_error(monkeypatch, capsys, run_dir, "--lengths", TRAINING_LENGTH)
+    first_mismatch = "(size mismatch for recurrent.weight_ih_l0: copying a param with shape torch.Size([16, 20])"
+    assert f"{run_dir / 'final.pt'} does not fit the model its config builds now {first_mismatch}" in error
+
+
+def test_a_final_pt_that_does_not_fit_is_refused_before_any_run_is_measured(trainers, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rbn.trainer, "Metrics", lambda *_: pytest.fail("a run was measured"))
+    arguments = [trainers["lstm"].run_dir, write_final_of_a_larger_vocabulary(tmp_path / "run"), "--lengths", TRAINING_LENGTH]
+    assert "does not fit the model its config builds now" in one_line_error(monkeypatch, capsys, *arguments)
+
+
 def test_an_out_that_cannot_be_a_directory_is_refused_before_any_model_is_measured(trainers, tmp_path, monkeypatch, capsys):
     (tmp_path / "taken").write_text("a file")
-    monkeypatch.setattr(rbn.trainer, "build_model", lambda *_: pytest.fail("a model was measured"))
+    monkeypatch.setattr(rbn.trainer, "Metrics", lambda *_: pytest.fail("a model was measured"))
     arguments = [trainers["lstm"].run_dir, "--lengths", TRAINING_LENGTH, "--out", tmp_path / "taken"]
     assert "cannot create --out" in one_line_error(monkeypatch, capsys, *arguments)

@@ -11,7 +11,7 @@ from trainer_helpers import TINY, compose_config
 
 import data
 from rbn.config import to_dict
-from rbn.trainer import Trainer
+from rbn.trainer import Trainer, build_dataset, build_model
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "population_gap.py"
@@ -84,6 +84,17 @@ def test_a_run_whose_data_are_missing_is_a_one_line_error(tmp_path, monkeypatch,
     torch.save(checkpoint, tmp_path / "best.pt")
     error = one_line_error(monkeypatch, capsys, str(tmp_path))
     assert f"the seqmnist data of {tmp_path} are not available: could not fetch" in error
+
+
+def test_a_best_pt_that_its_config_no_longer_builds_is_a_one_line_error_naming_it_and_the_first_mismatch(
+    tmp_path, monkeypatch, capsys
+):
+    cfg = compose_config(*TINY)
+    other = build_model(compose_config(*TINY, "model.hidden_size=5"), build_dataset(cfg))
+    checkpoint = {"model": other.state_dict(), "config": to_dict(cfg), "permutation": None, "progress": {"step": 6}}
+    torch.save(checkpoint, tmp_path / "best.pt")
+    error = one_line_error(monkeypatch, capsys, str(tmp_path))
+    assert f"{tmp_path / 'best.pt'} does not fit the model its config builds now (size mismatch for " in error
 
 
 @pytest.mark.parametrize("option", ["--batches", "--estimate-batches"])

@@ -73,6 +73,17 @@ def test_a_variant_the_trainer_refuses_is_refused_in_one_line_before_any_is_time
     assert printed.out == ""  # no table: nothing was timed
 
 
+def test_a_json_in_no_directory_is_refused_in_one_line_before_anything_is_timed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Trainer, "__init__", lambda *_: pytest.fail("a variant was timed"))
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager", "--json", str(tmp_path / "missing" / "speed.json"), *TINY_TEXT)
+    assert exit.value.code == 2
+    printed = capsys.readouterr()
+    error = printed.err.strip().splitlines()[-1]
+    assert f"error: cannot write {tmp_path / 'missing' / 'speed.json'}: {tmp_path / 'missing'} is not a directory" in error
+    assert printed.out == ""  # no table: nothing was timed
+
+
 def test_the_variants_measured_before_one_that_fails_are_in_the_json(tmp_path, monkeypatch):
     report = tmp_path / "speed.json"
     start = Trainer.__init__
