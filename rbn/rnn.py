@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -245,7 +245,10 @@ class Recurrent(nn.Module):
 
     def _run_kernels(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
         """``_run`` in the Triton kernels: the input term as there, then the whole recurrence."""
-        output = cell.fused_recurrence(cell.input_term(x, batch_sizes), state)
+        # Triton launches on the current CUDA device, not on the tensors' (autograd's backward
+        # runs in a thread that makes the gradients' device current).
+        with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
+            output = cell.fused_recurrence(cell.input_term(x, batch_sizes), state)
         if self.training:
             cell.update_running_stats(batch_sizes)
         return output

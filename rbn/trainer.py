@@ -259,6 +259,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.trainer.device)
+        if self.device.type == "cuda" and self.device.index is not None:  # cuda:N: graphs and Triton use the current device
+            torch.cuda.set_device(self.device)
         if cfg.trainer.cuda_graphs and self.device.type != "cuda":
             raise ConfigError(f"trainer.cuda_graphs=true needs a CUDA device, and this run is on {self.device}")
         self.precision = torch.bfloat16 if cfg.trainer.precision == Precision.bf16 else None
