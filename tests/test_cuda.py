@@ -146,9 +146,11 @@ def test_lstm_in_a_cuda_graph_computes_what_it_computes_eagerly():
 
 
 # --- the Triton kernels (backend="triton"; "auto" on CUDA) ------------------------------------
-# The issue's tolerances: float32 differs from the eager loop by summation order only, which
-# ~1e-7 rounding per operation leaves far under 1e-4 even over 784 steps (BN and LN renormalize
-# every step); TF32 rounds each GEMM operand to 10 bits (~5e-4), so 1e-2.
+# At the benchmark shapes the kernels are held to the eager loop's own accuracy against the
+# eager loop in float64, at the same precision: a long recurrence amplifies rounding, and no
+# fixed tolerance fits every case. LN-LSTM's gradients over 784 steps grow by ~1e5, and there
+# the float32 eager loop itself differs from float64 by 1e-3 to 10 (measured on CPU, 4 seeds),
+# while BN-LSTM stays near 1e-5.
 
 BENCHMARK_SHAPES = {"seqmnist": (64, 784, 1, 100), "seqmnist_b100": (100, 784, 1, 100), "ptb_char": (64, 100, 50, 1000)}
 NORMALIZED = ["BNLSTM", "LNLSTM"]
@@ -156,10 +158,10 @@ NORMALIZED = ["BNLSTM", "LNLSTM"]
 
 @pytest.fixture
 def tf32(request, monkeypatch):
-    """The kernels follow torch.backends.cudnn.allow_tf32 (as cuDNN's RNNs do); the eager
-    reference never uses TF32."""
+    """TF32 in the kernels' GEMMs (they follow torch.backends.cudnn.allow_tf32, as cuDNN's RNNs
+    do) and in the eager loop's (torch.backends.cuda.matmul.allow_tf32), or in neither."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", request.param)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", request.param)
     return request.param
 
 
@@ -176,10 +178,14 @@ def run_with_gradients(model, x, hx):
     torch.manual_seed(1)
     hx = tuple(s.clone().requires_grad_() for s in hx)
     output, (h_n, c_n) = model(x, hx)
-    loss = sum((value * torch.randn_like(value)).sum() for value in (output, h_n, c_n))
+    # The loss's weights drawn in float32 whatever the model's dtype: the same in float64.
+    loss = sum((value * torch.randn(value.shape, device=value.device).to(value.dtype)).sum() for value in (output, h_n, c_n))
     loss.backward()
     values = {"output": output, "h_n": h_n, "c_n": c_n, "d h_0": hx[0].grad, "d c_0": hx[1].grad}
-    return values | {f"d {name}": p.grad for name, p in model.named_parameters()} | dict(model.named_buffers())
+    # The state dict's buffers: not the scratch rows of batch statistics, which each path fills its own way.
+    persistent = model.state_dict()
+    buffers = {name: buffer for name, buffer in model.named_buffers() if name in persistent}
+    return values | {f"d {name}": p.grad for name, p in model.named_parameters()} | buffers
 
 
 def relative_errors(actual: dict, expected: dict) -> dict[str, float]:
@@ -189,18 +195,26 @@ def relative_errors(actual: dict, expected: dict) -> dict[str, float]:
     }
 
 
+def errors_against_float64(eager, fused, x, hx) -> dict[str, float]:
+    """The largest relative error (outputs, state, every gradient, running statistics) of the
+    kernels and of the eager loop, against the eager loop in float64."""
+    reference = copy.deepcopy(eager).double()
+    expected = run_with_gradients(reference, x.double(), tuple(s.double() for s in hx))
+    return {name: max(relative_errors(run_with_gradients(model, x, hx), expected).values())
+            for name, model in (("fused", fused), ("eager", eager))}
+
+
 @NEEDS_KERNELS
 @pytest.mark.parametrize("tf32", [False, True], ids=["fp32", "tf32"], indirect=True)
 @pytest.mark.parametrize("shape", BENCHMARK_SHAPES)
 @pytest.mark.parametrize("layer_name", NORMALIZED)
-def test_kernels_equal_the_eager_loop_at_the_benchmark_shapes(layer_name, shape, tf32):
+def test_kernels_are_as_accurate_as_the_eager_loop_at_the_benchmark_shapes(layer_name, shape, tf32):
     batch, steps, input_size, hidden = BENCHMARK_SHAPES[shape]
     eager, fused = kernel_pair(layer_name, input_size, hidden, steps)
     x = torch.randn(steps, batch, input_size, device="cuda")
     hx = torch.randn(2, 1, batch, hidden, device="cuda").unbind(0)
-    errors = relative_errors(run_with_gradients(fused, x, hx), run_with_gradients(eager, x, hx))
-    tolerance = 1e-2 if tf32 else 1e-4
-    assert max(errors.values()) < tolerance, errors
+    errors = errors_against_float64(eager, fused, x, hx)
+    assert errors["fused"] < max(4 * errors["eager"], 1e-5), errors
 
 
 @NEEDS_KERNELS
@@ -231,7 +245,10 @@ def test_kernels_run_a_two_layer_bidirectional_stack_with_dropout(layer_name, mo
     x = torch.randn(50, 32, 10, device="cuda")
     hx = torch.randn(2, 4, 32, 64, device="cuda").unbind(0)
     errors = relative_errors(run_with_gradients(fused, x, hx), run_with_gradients(eager, x, hx))
-    assert max(errors.values()) < 1e-4, errors
+    # Against the eager loop with the same dropout masks (float64 would draw others): float32
+    # in another summation order, which the float32 loop's own error against float64 (3e-5 to
+    # 1e-4 for LN-LSTM here, measured on CPU) bounds.
+    assert max(errors.values()) < 5e-4, errors
 
 
 @NEEDS_KERNELS
