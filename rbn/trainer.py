@@ -83,6 +83,28 @@ CHECKPOINT_KEYS = {"model", "optimizer", "progress", "rng", "carry", "permutatio
 TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
 
 
+def read_checkpoint(path: Path, keys: set[str], kind: str) -> dict[str, Any]:
+    """A file the trainer wrote (last.pt, best.pt, final.pt) holding at least ``keys``; for any
+    other file, a one-line RunError naming it (``kind``: what it should have been)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
+        raise RunError(f"{path} is unreadable ({type(error).__name__})") from None
+    if not (isinstance(checkpoint, dict) and keys <= checkpoint.keys()):
+        raise RunError(f"{path} is not {kind}")
+    return checkpoint
+
+
+def parameters_mismatch(model: nn.Module, parameters: dict[str, Tensor]) -> str | None:
+    """Loads ``parameters`` into ``model``: None, or the first line of what does not fit (a saved
+    config may build a model of other shapes now, e.g. after its data's vocabulary changed)."""
+    try:
+        model.load_state_dict(parameters)
+    except RuntimeError as error:
+        return str(error).splitlines()[1].strip()
+    return None
+
+
 def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's config (``to_dict``'s) that every attempt of the run must share:
     all of it but where the data are and the trainer's options outside TRAINING_OPTIONS."""
@@ -689,11 +711,9 @@ class Trainer:
         if not path.is_file():
             return None
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
-            raise RunError(f"{path} is unreadable ({type(error).__name__}); move it away to start this run over") from None
-        if not (isinstance(checkpoint, dict) and CHECKPOINT_KEYS <= checkpoint.keys()):
-            raise RunError(f"{path} is not a checkpoint of this trainer; move it away to start this run over")
+            checkpoint = read_checkpoint(path, CHECKPOINT_KEYS, "a checkpoint of this trainer")
+        except RunError as error:
+            raise RunError(f"{error}; move it away to start this run over") from None
         saved, current = what_is_trained(checkpoint["config"]), what_is_trained(to_dict(self.cfg))
         if saved != current:
             differences = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in _diff(saved, current).items())
@@ -701,12 +721,10 @@ class Trainer:
         return checkpoint
 
     def _load_model(self, checkpoint: dict[str, Any], name: str) -> None:
-        try:
-            self.model.load_state_dict(checkpoint["model"])
-        except RuntimeError as error:  # same config, other shapes: the data built another model
-            first = str(error).splitlines()[1].strip()
-            raise RunError(f"{self.run_dir / name}.pt does not fit the model this config builds now ({first}); "
-                           "its data may have changed since (a vocabulary): use another run directory") from None
+        mismatch = parameters_mismatch(self.model, checkpoint["model"])
+        if mismatch is not None:  # the same config: its data built another model then
+            raise RunError(f"{self.run_dir / name}.pt does not fit the model this config builds now ({mismatch}); "
+                           "its data may have changed since (a vocabulary): use another run directory")
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self._load_model(checkpoint, "last")

@@ -37,7 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 from rbn.config import ConfigError, Precision  # noqa: E402
 from rbn.norm import SequenceBatchNorm  # noqa: E402
-from rbn.trainer import Metrics, build_dataset, build_model, resolve_device, using_batch_statistics  # noqa: E402
+from rbn.trainer import (  # noqa: E402
+    Metrics,
+    RunError,
+    build_dataset,
+    build_model,
+    parameters_mismatch,
+    read_checkpoint,
+    resolve_device,
+    using_batch_statistics,
+)
 
 STATISTICS = ("population", "batch")
 
@@ -52,12 +61,7 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
     path = run_dir / "final.pt"
     if not path.is_file():
         raise UnreadableRun(f"{path} does not exist: {run_dir} is not a finished run")
-    try:
-        final = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
-        raise UnreadableRun(f"{path} is unreadable ({type(error).__name__})") from None
-    if not (isinstance(final, dict) and {"model", "config"} <= final.keys()):
-        raise UnreadableRun(f"{path} is not a final.pt of rbn's trainer")
+    final = read_checkpoint(path, {"model", "config"}, "a final.pt of rbn's trainer")
     cfg = OmegaConf.create(final["config"])
     try:
         corpus = build_dataset(cfg)
@@ -72,13 +76,11 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
             f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})"
         )
     model = build_model(cfg, corpus)
-    try:
-        model.load_state_dict(final["model"])
-    except RuntimeError as error:  # the config as saved, other shapes: the data built another model then
-        first = str(error).splitlines()[1].strip()
+    mismatch = parameters_mismatch(model, final["model"])
+    if mismatch is not None:
         raise UnreadableRun(
-            f"{path} does not fit the model its config builds now ({first}); its data may have changed since (a vocabulary)"
-        ) from None
+            f"{path} does not fit the model its config builds now ({mismatch}); its data may have changed since (a vocabulary)"
+        )
     return run_dir, cfg, corpus, model
 
 
@@ -182,7 +184,7 @@ def main() -> None:
     try:
         device = resolve_device(args.device)
         runs = [load_run(run_dir, lengths[-1]) for run_dir in args.run_dirs]
-    except (ConfigError, UnreadableRun) as error:
+    except (ConfigError, RunError, UnreadableRun) as error:
         parser.error(str(error))
     try:  # now, not after every model is measured
         args.out.mkdir(parents=True, exist_ok=True)

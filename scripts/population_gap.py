@@ -24,8 +24,11 @@ from data import DataError  # noqa: E402
 from rbn.norm import SequenceBatchNorm  # noqa: E402
 from rbn.trainer import (  # noqa: E402
     Metrics,
+    RunError,
     build_dataset,
     build_model,
+    parameters_mismatch,
+    read_checkpoint,
     update_population_statistics,
     using_batch_statistics,
 )
@@ -62,11 +65,9 @@ def main() -> None:
     if not path.is_file():
         parser.error(f"{path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable file: truncated, corrupt, not a pickle
-        parser.error(f"{path} is unreadable ({type(error).__name__})")
-    if not (isinstance(checkpoint, dict) and READS <= checkpoint.keys()):
-        parser.error(f"{path} is not a checkpoint of rbn's trainer")
+        checkpoint = read_checkpoint(path, READS, "a checkpoint of rbn's trainer")
+    except RunError as error:
+        parser.error(str(error))
     cfg = OmegaConf.create(checkpoint["config"])
     try:
         dataset = build_dataset(cfg, checkpoint["permutation"])
@@ -75,11 +76,9 @@ def main() -> None:
     if dataset.task != "classification":
         parser.error(f"{args.run_dir} is a {cfg.data.name} run; this script reads classification runs")
     model = build_model(cfg, dataset)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:  # the config as saved, other parameters: the code or data build another model now
-        first = str(error).splitlines()[1].strip()
-        parser.error(f"{path} does not fit the model its config builds now ({first})")
+    mismatch = parameters_mismatch(model, checkpoint["model"])
+    if mismatch is not None:  # the config as saved: the code or data build another model now
+        parser.error(f"{path} does not fit the model its config builds now ({mismatch})")
     norms = {kind: [m for name, m in model.named_modules() if name.split(".")[-1].startswith(kind)]
              for kind in NORMALIZATIONS}
     if not any(norms.values()):
