@@ -146,15 +146,19 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
         raise ConfigError(f"optim={name}: {error}") from None
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "trainer.device") -> torch.device:
+    """The device ``name`` (auto, cpu, cuda, cuda:N) stands for on this machine; ``option``
+    is what the error names: the config key, or a script's flag."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{option}={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+        raise ConfigError(f"{option}={name} but CUDA is not available here; use {option}=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{option}={name} but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import rbn  # noqa: E402
 from rbn.cells import lstm_memory  # noqa: E402
+from scripts import arguments  # noqa: E402
 
 SHAPES = {  # name: (batch, steps, input_size, hidden_size), the paper's tasks
     "seqmnist": (64, 784, 1, 100),
@@ -367,13 +368,13 @@ def machine(device: torch.device) -> str:
     return f"{models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=shape, default=[shape(name) for name in DEFAULT_SHAPES],
                         help=f"{', '.join(SHAPES)} (default: {' '.join(DEFAULT_SHAPES)}), "
                              "or B,T,I,H: batch, steps, input and hidden size")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled variants")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="also time each layer's rows, triton ones included, captured whole (forward "
@@ -389,33 +390,26 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help=f"also profile one forward+backward of each row: its {PROFILE_TOP} kernels with the most "
                              "self device time (on CPU, operators by self CPU time), with calls and total time")
-    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    parser.add_argument("--json", type=arguments.output_file, default="bench.json")
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5 for a meaningful median")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device} but CUDA is not available here")
-    if args.cuda_graphs and device.type != "cuda":
+    args.device = arguments.device(parser, args.device)
+    if args.cuda_graphs and args.device.type != "cuda":
         parser.error("--cuda-graphs needs --device cuda")
-    if not args.json.parent.is_dir():  # checked now, not after minutes of timing
-        parser.error(f"cannot write {args.json}: {args.json.parent} is not a directory")
     return args
 
 
 def main() -> None:
-    args = arguments()
+    args = parse_arguments()
     # Cold compile times; set here, not on import, so that importing this module (the tests
     # do) leaves the process's cache alone. Inductor reads it at its first compilation.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbn-bench-inductor-")
-    device = torch.device(args.device)
+    device = args.device
     where = "device" if device.type == "cuda" else "CPU"
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     tf32 = tf32_settings()
-    print(f"torch {torch.__version__} on {args.device} ({machine(device)}); forward+backward per batch, "
+    print(f"torch {torch.__version__} on {device} ({machine(device)}); forward+backward per batch, "
           f"median of {args.rounds} interleaved rounds")
     matmul = "on" if tf32["matmul"] else "off (--tf32 turns them on)"
     print(f"TF32: cuDNN {'on' if tf32['cudnn'] else 'off'}, float32 matmuls {matmul}, "
@@ -458,7 +452,7 @@ def main() -> None:
         for row in loaders:
             ms = 1e3 / row["batches_per_s"]
             print(f"| {row['dataset']:<12} | {row['batch_size']:>5} | {row['batches_per_s']:>9.0f} | {ms:>8.2f} |")
-    report = dict(torch=torch.__version__, device=args.device, machine=machine(device), tf32=tf32,
+    report = dict(torch=torch.__version__, device=str(device), machine=machine(device), tf32=tf32,
                   results=rows, skipped=skipped, profile=profiles, kernels=kernels, loaders=loaders)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.json}")

@@ -56,6 +56,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from data import DataError  # noqa: E402
 from rbn.analysis import hidden_state_gradient_norms  # noqa: E402
 from rbn.trainer import build_dataset, build_model  # noqa: E402
+from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GAMMAS = [round(0.1 * k, 1) for k in range(1, 11)]
@@ -72,13 +73,6 @@ def gammas(spec: str) -> list[float]:
     if not all(value > 0 for value in values):
         raise argparse.ArgumentTypeError(f"every gain must be positive, got {spec!r}")
     return values
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def model_config(name: str, steps: int, hidden_size: int | None = None, gamma: float | None = None):
@@ -152,23 +146,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gammas", type=gammas, default=GAMMAS, help="BN-LSTM's initial gains, comma-separated")
     parser.add_argument("--pool", type=int, choices=(1, 2, 4, 7), default=2, help="K x K pooling: T = (28 / K)²")
-    parser.add_argument("--seeds", type=positive, default=2, help="models per curve, seeds 0, 1, ...")
-    parser.add_argument("--batches", type=positive, default=2, help="training batches per model")
-    parser.add_argument("--batch-size", type=positive, help="default: the preset's (100)")
-    parser.add_argument("--hidden-size", type=positive, help="default: the preset's (100)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    parser.add_argument("--png", type=Path, default=Path("gradient_flow.png"))
-    parser.add_argument("--csv", type=Path, default=Path("gradient_flow.csv"))
+    parser.add_argument("--seeds", type=arguments.positive, default=2, help="models per curve, seeds 0, 1, ...")
+    parser.add_argument("--batches", type=arguments.positive, default=2, help="training batches per model")
+    parser.add_argument("--batch-size", type=arguments.positive, help="default: the preset's (100)")
+    parser.add_argument("--hidden-size", type=arguments.positive, help="default: the preset's (100)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
+    parser.add_argument("--png", type=arguments.output_file, default="gradient_flow.png")
+    parser.add_argument("--csv", type=arguments.output_file, default="gradient_flow.csv")
     args = parser.parse_args()
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a device: use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device} but CUDA is not available here")
-    for path in (args.png, args.csv):
-        if not path.parent.is_dir():  # checked now, not after minutes of computing
-            parser.error(f"cannot write {path}: {path.parent} is not a directory")
+    device = arguments.device(parser, args.device)
 
     steps = (28 // args.pool) ** 2
     preset = model_config("lstm", steps)

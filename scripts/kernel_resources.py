@@ -26,6 +26,7 @@ from torch.torch_version import TorchVersion  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.kernels import bn_lstm, ln_lstm  # noqa: E402
 from rbn.kernels.common import Tiling, tiling  # noqa: E402
+from scripts import arguments  # noqa: E402
 
 KERNELS = {
     "BN-LSTM forward": (bn_lstm._forward, {"BATCH_STATS": True}),
@@ -35,13 +36,6 @@ KERNELS = {
 }
 OLDEST_TRITON = (3, 3)  # ASTSource(constexprs=...), and the signatures written below
 SCALARS = {"T": "i32", "B": "i32", "H": "i32", "eps": "fp32", "eps_h": "fp32", "eps_c": "fp32"}
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def resources(kernel, constants: dict, tiles: Tiling, arch: int) -> str:
@@ -73,9 +67,9 @@ def main() -> None:
                  f"(torch 2.7's) for the compiler interface it calls; this is Triton {triton.__version__}")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for the H100")
-    parser.add_argument("--batch", type=positive, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--hidden", type=positive, default=100)
-    parser.add_argument("--sms", type=positive, default=132, help="the GPU's multiprocessors (132 on the H100 SXM)")
+    parser.add_argument("--batch", type=arguments.positive, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--hidden", type=arguments.positive, default=100)
+    parser.add_argument("--sms", type=arguments.positive, default=132, help="the GPU's multiprocessors (132 on the H100 SXM)")
     args = parser.parse_args()
     print(f"sm_{args.arch}, hidden {args.hidden}: registers and stack (spills) per thread in bytes, shared memory per program")
     print(f"| {'kernel':<17} | {'batch':>5} | {'warps':>5} | regs | stack | shared |")

@@ -44,9 +44,9 @@ from rbn.trainer import (  # noqa: E402
     build_model,
     parameters_mismatch,
     read_checkpoint,
-    resolve_device,
     using_batch_statistics,
 )
+from scripts import arguments  # noqa: E402
 
 STATISTICS = ("population", "batch")
 
@@ -166,23 +166,19 @@ def plot(rows: list[dict], lengths: list[int], carry_state: bool, path: Path) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="runs of a character model")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 200, 500, 1000], help="test sequence lengths")
+    parser.add_argument("--lengths", type=arguments.positive, nargs="+", default=[100, 200, 500, 1000], help="test sequence lengths")
     parser.add_argument(
         "--carry-state", action="store_true", help="carry the state along each stream, as the trainer's evaluation does"
     )
     parser.add_argument(
-        "--limit-batches", type=int, default=None, help="evaluate only the first N batches of each length, for quick runs"
+        "--limit-batches", type=arguments.positive, default=None, help="evaluate only the first N batches of each length, for quick runs"
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("."), help="where to write the table and the figure")
     args = parser.parse_args()
-    if min(args.lengths) < 1:
-        parser.error(f"--lengths must be positive, got {min(args.lengths)}")
-    if args.limit_batches is not None and args.limit_batches < 1:
-        parser.error(f"--limit-batches must be positive, got {args.limit_batches}")
     lengths = sorted(set(args.lengths))
+    device = arguments.device(parser, args.device)
     try:
-        device = resolve_device(args.device)
         runs = [load_run(run_dir, lengths[-1]) for run_dir in args.run_dirs]
     except (ConfigError, RunError, UnreadableRun) as error:
         parser.error(str(error))

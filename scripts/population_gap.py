@@ -32,16 +32,10 @@ from rbn.trainer import (  # noqa: E402
     update_population_statistics,
     using_batch_statistics,
 )
+from scripts import arguments  # noqa: E402
 
 NORMALIZATIONS = {"bn_x": "BN(W_x x)", "bn_h": "BN(W_h h)", "bn_c": "BN(c)"}
 READS = {"model", "config", "permutation", "progress"}  # what this script reads of a checkpoint
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[SequenceBatchNorm]) -> dict[str, float]:
@@ -58,8 +52,8 @@ def evaluate(model: torch.nn.Module, batches: list, with_batch_statistics: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--batches", type=positive, default=8, help="validation batches to evaluate")
-    parser.add_argument("--estimate-batches", type=positive, default=20, help="training batches for update_bn")
+    parser.add_argument("--batches", type=arguments.positive, default=8, help="validation batches to evaluate")
+    parser.add_argument("--estimate-batches", type=arguments.positive, default=20, help="training batches for update_bn")
     args = parser.parse_args()
     path = args.run_dir / "best.pt"
     if not path.is_file():

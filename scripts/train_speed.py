@@ -33,6 +33,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from rbn.config import ConfigError, check  # noqa: E402
 from rbn.trainer import Trainer, epoch_length  # noqa: E402
+from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {  # name: overrides
@@ -106,10 +107,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="steps per interval (two intervals per variant)")
     parser.add_argument("--eval-batches", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path("train_speed.json"))
+    parser.add_argument("--json", type=arguments.output_file, default="train_speed.json")
     args = parser.parse_args()
-    if not args.json.parent.is_dir():  # checked now, not after minutes of timing
-        parser.error(f"cannot write {args.json}: {args.json.parent} is not a directory")
     if not torch.cuda.is_available() and any("graphs" in variant for variant in args.variants):
         parser.error("the CUDA-graph variants need a CUDA device: choose --variants eager,kernels")
     try:

@@ -120,8 +120,8 @@ def test_the_report_says_where_tf32_was_on(tiny_run):
 
 
 def test_float32_matmuls_stay_out_of_tf32_unless_asked():
-    assert not bench_module().arguments([]).tf32
-    assert bench_module().arguments(["--tf32"]).tf32
+    assert not bench_module().parse_arguments([]).tf32
+    assert bench_module().parse_arguments(["--tf32"]).tf32
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_a_triton_row_the_kernels_cannot_run_is_left_out_with_their_reason(monke
 
 
 def test_by_default_only_the_shapes_a_cpu_runs_in_minutes_are_timed():
-    assert [name for name, _ in bench_module().arguments([]).shapes] == ["seqmnist", "ptb_char"]
+    assert [name for name, _ in bench_module().parse_arguments([]).shapes] == ["seqmnist", "ptb_char"]
 
 
 def test_the_named_shapes_are_the_tasks_batch_steps_input_and_hidden_sizes():
@@ -182,7 +182,7 @@ def test_a_shape_that_is_not_four_positive_integers_is_one_line():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--device", "bogus"], "--device 'bogus' is not a device"),
+        (["--device", "bogus"], "--device='bogus' is not a device"),
         (["--json", "missing/b.json"], "cannot write missing/b.json: missing is not a directory"),
     ],
     ids=["not-a-device", "json-in-no-directory"],
@@ -190,7 +190,7 @@ def test_a_shape_that_is_not_four_positive_integers_is_one_line():
 def test_bad_options_are_one_line_errors_before_anything_is_timed(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit:
-        bench_module().arguments(args)
+        bench_module().parse_arguments(args)
     assert exit.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -198,6 +198,6 @@ def test_bad_options_are_one_line_errors_before_anything_is_timed(args, message,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_cuda_where_there_is_none_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit:
-        bench_module().arguments(["--device", "cuda"])
+        bench_module().parse_arguments(["--device", "cuda"])
     assert exit.value.code == 2
     assert "CUDA is not available" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -165,6 +165,13 @@ def test_a_device_name_that_is_not_a_device_is_one_clear_line(tmp_path: Path):
         Trainer(compose_config("trainer.device=gpu0"), tmp_path)
 
 
+def test_a_gpu_index_this_machine_lacks_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:1 but this machine has 1 GPU\(s\)$"):
+        Trainer(compose_config("trainer.device=cuda:1"), tmp_path)
+
+
 def test_an_optimizer_setting_that_torch_refuses_is_one_clear_line():
     with pytest.raises(ConfigError, match=r"optim=adam: Invalid beta parameter at index 1: 1.5") as error:
         build_optimizer(compose_config("optim=adam", "optim.betas=[0.9,1.5]"), torch.nn.Linear(2, 2))

@@ -164,8 +164,8 @@ def one_line_error(monkeypatch, capsys, *args) -> str:
         (["{tmp}"], "final.pt does not exist"),
         (["{mnist}"], "is a seqmnist run; this script reads character-level language models"),
         (["{lstm}", "--lengths", "35"], "--lengths 35 is longer than the test streams"),
-        (["{lstm}", "--lengths", "8", "0"], "--lengths must be positive, got 0"),
-        (["{lstm}", "--limit-batches", "0"], "--limit-batches must be positive, got 0"),
+        (["{lstm}", "--lengths", "8", "0"], "argument --lengths: must be a positive integer, got 0"),
+        (["{lstm}", "--limit-batches", "0"], "argument --limit-batches: must be a positive integer, got 0"),
     ],
     ids=["no-final-pt", "classification-run", "longer-than-streams", "zero-length", "zero-batches"],
 )

@@ -80,7 +80,7 @@ def test_a_json_in_no_directory_is_refused_in_one_line_before_anything_is_timed(
     assert exit.value.code == 2
     printed = capsys.readouterr()
     error = printed.err.strip().splitlines()[-1]
-    assert f"error: cannot write {tmp_path / 'missing' / 'speed.json'}: {tmp_path / 'missing'} is not a directory" in error
+    assert f"error: argument --json: cannot write {tmp_path / 'missing' / 'speed.json'}: {tmp_path / 'missing'} is not a directory" in error
     assert printed.out == ""  # no table: nothing was timed
 
 

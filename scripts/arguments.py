@@ -1,0 +1,36 @@
+"""What the scripts' command lines share. ``positive`` and ``output_file`` are argparse types;
+with ``device``, each refuses a bad value in argparse's one line before the script does any
+work, not after minutes of it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from rbn.config import ConfigError
+from rbn.trainer import resolve_device
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def output_file(text: str) -> Path:
+    """A file the script will write, in a directory that exists."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {path.parent} is not a directory")
+    return path
+
+
+def device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """The device ``--device name`` stands for, read as the trainer reads ``trainer.device``."""
+    try:
+        return resolve_device(name, option="--device")
+    except ConfigError as error:
+        parser.error(str(error))
