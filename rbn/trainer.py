@@ -515,8 +515,22 @@ class Trainer:
             self.progress.best, self.progress.best_step = value, step
         self.save("last")
         if improved:
-            with atomic_path(self.run_dir / "best.pt") as tmp:
-                shutil.copyfile(self.run_dir / "last.pt", tmp)
+            self._copy_last_to_best()
+
+    def _copy_last_to_best(self) -> None:
+        with atomic_path(self.run_dir / "best.pt") as tmp:
+            shutil.copyfile(self.run_dir / "last.pt", tmp)
+
+    def _complete_best(self) -> None:
+        """A run killed between saving last.pt at a validation that improved and copying it to
+        best.pt (SIGKILL at the end of a scheduler's grace period, a power cut) left best.pt
+        behind the step last.pt names as best, whose parameters last.pt holds: they become best.pt."""
+        if self.progress.best is None or self.progress.best_step != self.progress.step:
+            return
+        best = self._load("best")
+        if best is None or best["progress"]["step"] != self.progress.best_step:
+            log.warning("best.pt was not written at step %d, the best so far; it is now", self.progress.best_step)
+            self._copy_last_to_best()
 
     def final_evaluation(self) -> dict[str, Any]:
         """The paper's test procedure with the parameters of best.pt."""
@@ -739,6 +753,7 @@ class Trainer:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"][0], self.device)
         if checkpoint["carry"] is not None:
             self.carry = tuple(s.to(self.device) for s in checkpoint["carry"])
+        self._complete_best()
 
     # --- context ---------------------------------------------------------------------------
 

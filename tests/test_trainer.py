@@ -316,6 +316,26 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
     assert (tmp_path / "last.pt").stat().st_mtime_ns == modified
 
 
+class Killed(BaseException):
+    """The process dying where the test raises it: no handler runs."""
+
+
+def test_a_run_killed_before_copying_its_best_checkpoint_writes_it_on_resume(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY_TEXT, "trainer.max_steps=10", "trainer.eval_interval=5")
+
+    def killed(*_):
+        raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr("rbn.trainer.shutil.copyfile", killed)
+        Trainer(cfg, tmp_path).run()
+    last = load(tmp_path / "last.pt")
+    assert last["progress"]["best_step"] == last["progress"]["step"] == 5
+    assert not (tmp_path / "best.pt").exists()
+    Trainer(cfg, tmp_path)
+    assert load(tmp_path / "best.pt")["progress"] == last["progress"]
+
+
 def test_resuming_with_another_config_is_refused(tmp_path):
     Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     with pytest.raises(RunError, match=r"another config \(model.hidden_size: 4 -> 5\)"):
