@@ -146,7 +146,9 @@ def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
         try:
             with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except (KeyError, zipfile.BadZipFile, zlib.error) as error:  # zipfile lets zlib.error out of damaged data
+        # zipfile lets zlib.error out of damaged data, NotImplementedError out of a compression
+        # method it lacks, RuntimeError out of an encrypted member and EOFError out of a short one.
+        except (KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as error:
             raise DataError(f"cannot read {member} from {archive}: {error}") from None
         verify(tmp, expected, name=f"{member} in {archive}")
     return path

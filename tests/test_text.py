@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import struct
 import subprocess
 import sys
 import tarfile
@@ -234,7 +235,7 @@ def test_text8_offline_reads_a_zip_placed_by_hand(tmp_path, small_text8):
 
 def zip_holding(content, damage=None):
     """A zip of text8 holding ``content`` whole, or damaged: cut in half, its compressed data
-    overwritten, or holding another text."""
+    overwritten, marked compressed by a method zipfile lacks or encrypted, or holding another text."""
     if damage == "wrong text8":
         content += b"tampered"
     buffer = io.BytesIO()
@@ -247,10 +248,16 @@ def zip_holding(content, damage=None):
         info = zipfile.ZipFile(buffer).getinfo("text8")
         start = info.header_offset + 30 + len(info.filename)  # after the local header
         archive[start : start + info.compress_size] = b"\xff" * info.compress_size
+    elif damage in ("unsupported method", "encrypted"):  # the local header's field and the central directory's
+        info = zipfile.ZipFile(buffer).getinfo("text8")
+        central = archive.index(b"PK\x01\x02")
+        field, value = (8, 99) if damage == "unsupported method" else (6, 1)  # method 99: AES; flag bit 0
+        struct.pack_into("<H", archive, info.header_offset + field, value)
+        struct.pack_into("<H", archive, central + field + 2, value)
     return bytes(archive)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupt", "wrong text8"])
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "unsupported method", "encrypted", "wrong text8"])
 def test_a_bad_text8_zip_is_deleted_so_that_the_next_run_fetches_it_again(tmp_path, small_text8, monkeypatch, damage):
     kept = tmp_path / "root" / "text8" / "text8.zip"  # as an earlier run left it
     kept.parent.mkdir(parents=True)
