@@ -434,8 +434,10 @@ class Trainer:
 
     def _graphed_forward(self, inputs: Tensor, targets: Tensor, state: State | None) -> tuple[Tensor, Tensor, State | None]:
         """``_forward`` replayed from CUDA graphs of the training forward and backward, which
-        are captured at the first batch; a batch of another shape runs eagerly."""
+        are captured at the first whole batch; a batch of another shape runs eagerly."""
         if self.graphed is None:
+            if len(inputs) != self.cfg.trainer.batch_size:  # an epoch's last, where a resumed run may start
+                return self._forward(inputs, targets, state)
             self.graphed = inputs.shape, self._capture(inputs, targets)
         shape, graphed = self.graphed
         if inputs.shape != shape:

@@ -99,6 +99,23 @@ def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
         torch.testing.assert_close(graphed["model"][name], value, msg=name)
 
 
+def test_cuda_graphs_are_captured_at_a_whole_batch_not_at_an_epochs_smaller_last(tmp_path, monkeypatch):
+    """A run resumed at an epoch's last batch must not capture its shape, or every later
+    batch, of the whole size, would run eagerly."""
+    trainer = Trainer(compose_config(*TINY), tmp_path)
+    captured = []
+
+    def capture(self, inputs, targets):
+        captured.append(len(inputs))
+        return lambda inputs, targets: self.model(inputs, targets)
+
+    monkeypatch.setattr(Trainer, "_capture", capture)
+    whole, smaller = (next(trainer.dataset.batches("train", size)) for size in (4, 3))
+    for inputs, targets in (smaller, whole, smaller, whole):
+        trainer._graphed_forward(inputs, targets, None)
+    assert captured == [4]
+
+
 def training_losses(run_dir) -> list[float]:
     events = EventAccumulator(str(run_dir))
     events.Reload()
