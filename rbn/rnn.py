@@ -36,8 +36,9 @@ class Recurrent(nn.Module):
     Extra options: ``init`` is "orthogonal" (each gate block of W_x and W_h orthogonal,
     forget-gate bias 1, other biases 0), "identity_g" (as orthogonal, but the g block of W_h
     is the identity: the authors' ``--init id`` for MNIST) or "uniform" (nn.LSTM's own);
-    ``h0_noise_std`` adds Gaussian noise to the initial hidden state in training (the authors'
-    fix for the zero batch variance that the constant first pixels of seqMNIST cause);
+    ``h0_noise_std`` adds Gaussian noise to h_0 in training, zeros or given (a state carried
+    into the call too): the authors' fix for the zero batch variance that the constant first
+    pixels of seqMNIST cause;
     ``compile`` runs the recurrent step through ``torch.compile``, in the eager loop.
 
     ``backend`` chooses the implementation: "eager" is the Python loop here, the readable

@@ -136,3 +136,18 @@ def test_shapes_follow_nn_lstm(layer_name, bidirectional):
     directions = 2 if bidirectional else 1
     assert output.shape == (T, B, 4 * directions)
     assert h_n.shape == c_n.shape == (3 * directions, B, 4)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["zeros", "given"])
+def test_h0_noise_is_added_to_the_initial_hidden_state_in_training_only(layer_name, given):
+    noisy = make(layer_name, h0_noise_std=0.3)
+    plain = copy.deepcopy(noisy)
+    plain.h0_noise_std = 0.0
+    x = torch.randn(T, B, 3)
+    h0, c0 = (torch.randn(1, B, 4) if given else torch.zeros(1, B, 4) for _ in range(2))
+    torch.manual_seed(1)
+    output = noisy.train()(x, (h0, c0) if given else None)[0]
+    torch.manual_seed(1)
+    expected = plain.train()(x, (h0 + 0.3 * torch.randn_like(h0), c0))[0]
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(noisy.eval()(x, (h0, c0))[0], plain.eval()(x, (h0, c0))[0])
