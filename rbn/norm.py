@@ -135,19 +135,21 @@ class SequenceBatchNorm(_BatchNorm):
         population = self._rows(range(1 if self.shared else steps), x.device)
         mean = self.running_mean[population].unsqueeze(1)
         var = self.running_var[population].unsqueeze(1)
+        counts = torch.tensor(batch_sizes, device=x.device)
+        mask = (torch.arange(batch, device=x.device) < counts[:, None]).unsqueeze(-1)
+        # Zeros for the padding, selected rather than multiplied in: a non-finite pad times 0
+        # is NaN, which the statistics and every gradient would sum.
+        x = torch.where(mask, x, 0)
         if self.training:
-            counts = torch.tensor(batch_sizes, device=x.device)
-            mask = torch.arange(batch, device=x.device) < counts[:, None]
+            reduce = (0, 1) if self.shared else (1,)
             # Statistics in the running statistics' dtype, as in ``_normalize``: under bf16
             # autocast x is bf16, and they are folded into float32 running statistics.
-            mask = mask.unsqueeze(-1).to(mean.dtype)
-            reduce = (0, 1) if self.shared else (1,)
-            n = mask.sum(reduce, keepdim=True)
+            n = mask.sum(reduce, keepdim=True, dtype=mean.dtype)
             # A step beyond every sequence's end has n = 0: its statistics are discarded below,
             # but the backward of a division by 0 would still be 0/0, NaN, in W_x's gradient.
             valid = n.clamp(min=1)
-            batch_mean = (x * mask).sum(reduce, keepdim=True) / valid
-            batch_var = ((x - batch_mean).square() * mask).sum(reduce, keepdim=True) / valid
+            batch_mean = x.sum(reduce, keepdim=True, dtype=mean.dtype) / valid
+            batch_var = torch.where(mask, x - batch_mean, 0).square().sum(reduce, keepdim=True) / valid
             # A step with a single valid sequence has no batch variance: population statistics.
             enough = n > 1
             mean = torch.where(enough, batch_mean, mean)

@@ -172,6 +172,10 @@ class Recurrent(nn.Module):
             lengths, order = lengths.sort(descending=True)
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
+            # Zeros where the padding was: the input term covers every step, and a non-finite
+            # pad (NaN * 0) would reach W_x's gradient and the batch statistics.
+            padding = (torch.arange(steps)[:, None] >= lengths).to(x.device)
+            x = x.masked_fill(padding.unsqueeze(-1), 0)
         x, h_n, c_n = self._layers(x, (h0, c0), lengths)
         if order is not None:
             restore = order.argsort()

@@ -1,5 +1,7 @@
 """Per-timestep batch normalization: initial values, running statistics, update_bn, max_length."""
 
+import copy
+
 import pytest
 import torch
 from torch.optim.swa_utils import update_bn
@@ -204,6 +206,22 @@ def test_padded_batches_update_only_timesteps_with_two_or_more_sequences(momentu
     weight = 0.1 if momentum else 1.0
     torch.testing.assert_close(norm.running_mean[1], weight * x[1, :2].mean(0))
     torch.testing.assert_close(norm.running_var[2], (1 - weight) + weight * x[2, :2].var(0))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_step", "shared"])
+def test_non_finite_padding_enters_no_statistic_and_no_gradient(shared):
+    norm = rbn.SequenceBatchNorm(2, max_length=6, shared=shared)
+    twin = copy.deepcopy(norm)
+    batch_sizes = [3, 2, 2, 1, 1]
+    valid = torch.arange(3) < torch.tensor(batch_sizes)[:, None]
+    x = torch.randn(5, 3, 2, requires_grad=True)
+    padded = torch.where(valid[..., None], x.detach(), float("nan")).requires_grad_()
+    norm(x, batch_sizes=batch_sizes)[valid].sum().backward()
+    twin(padded, batch_sizes=batch_sizes)[valid].sum().backward()
+    for name, value in norm.state_dict().items():
+        torch.testing.assert_close(twin.state_dict()[name], value, msg=name)
+    torch.testing.assert_close(padded.grad, x.grad)
+    torch.testing.assert_close(twin.gamma.grad, norm.gamma.grad)
 
 
 @pytest.mark.parametrize("input_stats", ["per_step", "shared"])

@@ -55,29 +55,41 @@ def test_eval_on_one_sequence_equals_its_row_in_a_batch(layer_name):
     torch.testing.assert_close(h_1[:, 0], h_n[:, 2])
 
 
+PADDING = {"large": lambda x: 100 * torch.randn_like(x), "non-finite": lambda x: torch.full_like(x, float("nan"))}
+
+
+@pytest.mark.parametrize("padding", PADDING)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_padding_content_does_not_change_valid_outputs(layer_name, mode):
-    model = make(layer_name, num_layers=2, bidirectional=True).train(mode == "train")
+def test_padding_content_does_not_change_valid_outputs_or_gradients(layer_backend, mode, padding):
+    layer_name, backend = layer_backend
+    model = make(layer_name, num_layers=2, bidirectional=True, backend=backend).train(mode == "train")
+    twin = copy.deepcopy(model)
     lengths = torch.tensor([6, 2, 4, 6, 3])
     valid = torch.arange(T)[:, None] < lengths
     x = torch.randn(T, B, 3)
-    noise = torch.where(valid[..., None], x, 100 * torch.randn_like(x))
+    padded = torch.where(valid[..., None], x, PADDING[padding](x))
     output, (h_n, c_n) = model(x, lengths=lengths)
-    noisy, (h_noisy, c_noisy) = model(noise, lengths=lengths)
+    noisy, (h_noisy, c_noisy) = twin(padded, lengths=lengths)
     torch.testing.assert_close(noisy, output)
     torch.testing.assert_close(h_noisy, h_n)
     torch.testing.assert_close(c_noisy, c_n)
     assert (output[~valid] == 0).all()
+    (output.sum() + h_n.sum() + c_n.sum()).backward()
+    (noisy.sum() + h_noisy.sum() + c_noisy.sum()).backward()
+    for (name, parameter), twin_parameter in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(twin_parameter.grad, parameter.grad, msg=name)
 
 
-def test_padding_does_not_enter_batch_statistics():
-    model = make("BNLSTM")
+@pytest.mark.parametrize("padding", PADDING)
+@pytest.mark.parametrize("input_stats", ["per_step", "shared"])
+def test_padding_does_not_enter_batch_statistics(input_stats, padding):
+    model = make("BNLSTM", input_stats=input_stats)
     twin = copy.deepcopy(model)
     lengths = torch.tensor([6, 2, 4, 6, 3])
     valid = torch.arange(T)[:, None] < lengths
     x = torch.randn(T, B, 3)
     model(x, lengths=lengths)
-    twin(torch.where(valid[..., None], x, 1e3 * torch.randn_like(x)), lengths=lengths)
+    twin(torch.where(valid[..., None], x, PADDING[padding](x)), lengths=lengths)
     for key, value in twin.state_dict().items():
         torch.testing.assert_close(value, model.state_dict()[key], msg=key)
 
