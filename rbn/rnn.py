@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -72,6 +73,12 @@ class Recurrent(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        if dropout and num_layers == 1:  # as nn.LSTM warns
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=2,
+            )
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
         if h0_noise_std < 0:
@@ -298,6 +305,15 @@ class Recurrent(nn.Module):
             raise TypeError(f"input must be a floating-point tensor, got {input.dtype}")
         if input.numel() == 0:
             raise ValueError(f"input must not be empty, got shape {tuple(input.shape)}")
+        weight = self.weight_ih_l0
+        if input.device != weight.device:
+            raise ValueError(f"input is on {input.device} and the layer on {weight.device}: move one of them")
+        # Under autocast, products cast both to its dtype: nn.LSTM takes mixed dtypes there too.
+        if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(
+                f"input dtype {input.dtype} does not match the layer's {weight.dtype}: "
+                f"convert the input, or the layer with .to({input.dtype})"
+            )
         return input
 
     def _initial_state(self, hx: State | None, batch: int, x: Tensor, batched: bool) -> State:
@@ -325,7 +341,10 @@ class Recurrent(nn.Module):
         return h0, c0
 
     def _check_lengths(self, lengths: Tensor | Sequence[int], batch: int, steps: int) -> Tensor:
-        lengths = torch.as_tensor(lengths).cpu()
+        try:
+            lengths = torch.as_tensor(lengths).cpu()
+        except (TypeError, ValueError, RuntimeError, NotImplementedError):  # strings, None, meta tensors
+            raise TypeError(f"lengths must be integers, a list or a 1-D tensor; got {lengths!r}") from None
         if lengths.dim() != 1 or len(lengths) != batch:
             raise ValueError(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:

@@ -35,6 +35,24 @@ def test_empty_input(layer_name):
     raises(ValueError, "must not be empty", lambda: make(layer_name)(torch.randn(0, 2, 3)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_input_of_another_dtype_than_the_layer(layer_name, dtype):
+    model = make(layer_name)
+    match = rf"input dtype {dtype} does not match the layer's torch.float32: convert the input, or the layer"
+    raises(ValueError, match, lambda: model(torch.randn(6, 2, 3, dtype=dtype)))
+
+
+def test_input_of_another_dtype_runs_under_autocast(layer_name):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, _ = make(layer_name)(torch.randn(6, 2, 3, dtype=torch.bfloat16))
+    assert output.isfinite().all()
+
+
+def test_input_on_another_device_than_the_layer(layer_name):
+    model = make(layer_name).to("meta")
+    raises(ValueError, "input is on cpu and the layer on meta: move one of them", lambda: model(torch.randn(6, 2, 3)))
+
+
 @pytest.mark.parametrize(
     "lengths, match",
     [
@@ -43,6 +61,8 @@ def test_empty_input(layer_name):
         ([6, 2, 3], r"lengths must be 1-D with one entry per sequence \(2\), got shape \(3,\)"),
         ([[6, 2]], r"lengths must be 1-D"),
         (torch.tensor([6.0, 2.0]), "lengths must be integers, got torch.float32"),
+        (["6", "2"], r"lengths must be integers, a list or a 1-D tensor; got \['6', '2'\]"),
+        ([6, None], r"lengths must be integers, a list or a 1-D tensor; got \[6, None\]"),
     ],
 )
 def test_lengths_out_of_range_or_of_wrong_shape(layer_name, lengths, match):
@@ -128,3 +148,11 @@ def test_lstm_has_no_triton_backend():
 
 def test_bad_input_statistics_option():
     raises(ValueError, "input_stats must be 'per_step' or 'shared', got 'global'", lambda: make("BNLSTM", input_stats="global"))
+
+
+def test_dropout_on_a_single_layer_warns_as_nn_lstm_does(layer_name):
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1") as warned:
+        make(layer_name, dropout=0.5)
+    with pytest.warns(UserWarning) as expected:
+        torch.nn.LSTM(3, 4, dropout=0.5)
+    assert str(warned[0].message) == str(expected[0].message)
