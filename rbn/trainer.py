@@ -81,6 +81,7 @@ CHECKPOINT_KEYS = {"model", "optimizer", "progress", "rng", "carry", "permutatio
 # The trainer's options that change what is trained: a resumed attempt must keep them (an epoch's
 # position is counted in batches). The others (device, limits, intervals, logging) may change.
 TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
+START_OVER = "move the run directory away to start this run over"
 
 
 def read_checkpoint(path: Path, keys: set[str], kind: str) -> dict[str, Any]:
@@ -329,10 +330,9 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to the end, evaluates, writes results.json; returns the results."""
-        results_path = self.run_dir / "results.json"
-        previous = json.loads(results_path.read_text()) if results_path.is_file() else {}
-        if previous.get("status") == "finished":
-            log.info("%s has already finished; its results are in %s", self.run_dir, results_path)
+        previous = self._finished_results()
+        if previous is not None:
+            log.info("%s has already finished; its results are in %s", self.run_dir, self.run_dir / "results.json")
             return previous
         self._write_hparams_start()
         self._write_layout()
@@ -539,6 +539,9 @@ class Trainer:
         best = self._load("best")
         if best is not None:
             self._load_model(best, "best")
+        elif self.progress.best is not None:
+            raise RunError(f"{self.run_dir / 'best.pt'}, the parameters of step {self.progress.best_step} that "
+                           f"validated best, is missing: the run cannot be tested; {START_OVER}")
         results: dict[str, Any] = {"status": "finished", "step": self.progress.step, "best_step": self.progress.best_step}
         if self.has_batch_norm():
             results["valid_batch_statistics"] = self.evaluate("valid", batch_statistics=True)
@@ -685,7 +688,7 @@ class Trainer:
         self.writer.add_custom_scalars({"compare runs": layout})
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
-        results = {**results, "run": self._describe()}
+        results = {**results, "run": self._describe(), "config": to_dict(self.cfg)}
         with atomic_path(self.run_dir / "results.json") as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n")
         self.writer.flush()
@@ -728,17 +731,44 @@ class Trainer:
 
     def _load(self, name: str) -> dict[str, Any] | None:
         path = self.run_dir / f"{name}.pt"
-        if not path.is_file():
+        if not self._exists(path):
             return None
         try:
             checkpoint = read_checkpoint(path, CHECKPOINT_KEYS, "a checkpoint of this trainer")
         except RunError as error:
-            raise RunError(f"{error}; move it away to start this run over") from None
-        saved, current = what_is_trained(checkpoint["config"]), what_is_trained(to_dict(self.cfg))
+            raise RunError(f"{error}; {START_OVER}") from None
+        self._check_same_run(checkpoint["config"], "a run")
+        return checkpoint
+
+    def _finished_results(self) -> dict[str, Any] | None:
+        """results.json if the run has finished: the results of this config, or a RunError."""
+        path = self.run_dir / "results.json"
+        if not self._exists(path):
+            return None
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+            raise RunError(f"{path} is unreadable ({type(error).__name__}); {START_OVER}") from None
+        if not (isinstance(results, dict) and isinstance(results.get("status"), str)):
+            raise RunError(f"{path} is not the results of a run; {START_OVER}")
+        if results["status"] != "finished":
+            return None
+        if "test" not in results:
+            raise RunError(f"{path} says finished but holds no test results; {START_OVER}")
+        if "config" in results:  # written since 2026-12-06
+            self._check_same_run(results["config"], "a finished run")
+        return results
+
+    def _exists(self, path: Path) -> bool:
+        if path.exists() and not path.is_file():
+            raise RunError(f"{path} is not a file; {START_OVER}")
+        return path.exists()
+
+    def _check_same_run(self, config: dict[str, Any], what: str) -> None:
+        saved, current = what_is_trained(config), what_is_trained(to_dict(self.cfg))
         if saved != current:
             differences = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in _diff(saved, current).items())
-            raise RunError(f"{self.run_dir} holds a run with another config ({differences}); use another run directory")
-        return checkpoint
+            raise RunError(f"{self.run_dir} holds {what} with another config ({differences}); use another run directory")
 
     def _load_model(self, checkpoint: dict[str, Any], name: str) -> None:
         mismatch = parameters_mismatch(self.model, checkpoint["model"])
@@ -837,4 +867,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     old, new = _flatten(old), _flatten(new)
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    absent = "(absent)"  # not None: _flatten writes None as "None"
+    return {
+        k: (old.get(k, absent), new.get(k, absent)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+    }

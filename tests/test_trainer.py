@@ -367,6 +367,53 @@ def test_the_trainers_options_may_change_on_resume(tmp_path):
     assert load(tmp_path / "last.pt")["progress"]["step"] == 8
 
 
+def test_another_model_in_a_run_directory_names_what_it_lacks(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    with pytest.raises(RunError, match=r"model.max_length: None -> \(absent\)"):
+        Trainer(compose_config(*TINY_TEXT, "model=lstm"), tmp_path)
+
+
+def test_a_finished_run_without_its_checkpoints_is_not_reported_for_another_config(tmp_path):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    for checkpoint in tmp_path.glob("*.pt"):
+        checkpoint.unlink()
+    with pytest.raises(RunError, match=r"holds a finished run with another config \(model.hidden_size: 4 -> 5\)"):
+        Trainer(compose_config(*TINY_TEXT, "model.hidden_size=5"), tmp_path).run()
+
+
+def test_a_lost_best_checkpoint_stops_the_final_evaluation_rather_than_test_other_parameters(tmp_path):
+    cfg = compose_config(*TINY_TEXT)
+    Trainer(cfg, tmp_path).fit()
+    last = load(tmp_path / "last.pt")
+    last["progress"].update(best=0.0, best_step=3)  # the step-3 validation was the best
+    torch.save(last, tmp_path / "last.pt")
+    (tmp_path / "best.pt").unlink()
+    with pytest.raises(RunError, match=r"best.pt, the parameters of step 3 that validated best, is missing"):
+        Trainer(cfg, tmp_path).run()
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("garbage{", r"results.json is unreadable \(JSONDecodeError\); move the run directory away"),
+        ("[]", r"results.json is not the results of a run; move the run directory away"),
+        ('{"status": "finished"}', r"results.json says finished but holds no test results"),
+    ],
+    ids=["not-json", "not-results", "no-test"],
+)
+def test_a_damaged_results_file_is_a_one_line_error(tmp_path, content, message):
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(RunError, match=message):
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+
+
+def test_a_checkpoint_path_that_is_a_directory_is_refused_not_overwritten(tmp_path):
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(RunError, match=r"last.pt is not a file; move the run directory away"):
+        Trainer(compose_config(*TINY_TEXT), tmp_path)
+
+
 def test_resuming_with_another_batch_size_is_refused(tmp_path):
     Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     with pytest.raises(RunError, match=r"another config \(trainer.batch_size: 4 -> 3\)"):
