@@ -7,8 +7,8 @@ and ``overrides.yaml``, and one event file with every scalar of the run's events
 TensorBoard shows them (an attempt's steps that a resumed run trained again are left out).
 Histograms, figures, samples and checkpoints stay behind. ``scripts/compare.py DEST`` and
 ``tensorboard --logdir DEST`` read the archive as they read ROOT. Archiving a run again
-replaces its records. DEST may lie inside ROOT (the records there are not taken for runs), but
-not be ROOT or hold it.
+replaces its records, but not a run's: a directory in DEST that holds checkpoints is refused.
+DEST may lie inside ROOT (the records there are not taken for runs), but not be ROOT or hold it.
 
     python scripts/archive_runs.py multirun/pmnist docs/runs/pmnist
 """
@@ -56,10 +56,17 @@ def main() -> None:
     dest = args.dest.resolve()
     if args.root.resolve().is_relative_to(dest):
         parser.error(f"DEST {args.dest} is ROOT or holds it: the records would be written among the runs they come from")
+    if args.dest.exists() and not args.dest.is_dir():
+        parser.error(f"DEST {args.dest} is not a directory")
     # DEST inside ROOT: the records of an earlier call are not runs, to archive again one level deeper.
-    runs = [run for run in load_runs(args.root) if not run["dir"].resolve().is_relative_to(dest)]
+    runs = load_runs(args.root, outside=dest)
     if not runs:
         parser.error(f"no finished runs (results.json) under {args.root}")
+    for run in runs:  # checked before any is written
+        checkpoints = sorted((args.dest / run["dir"].relative_to(args.root)).glob("*.pt"))
+        if checkpoints:
+            parser.error(f"{checkpoints[0]} is there: {checkpoints[0].parent} holds a run, whose records "
+                         "archiving would replace; choose a DEST of records only")
     for run in runs:
         dest = args.dest / run["dir"].relative_to(args.root)
         archive(run["dir"], dest)

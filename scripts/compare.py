@@ -1,7 +1,7 @@
 """Compares the runs of sweeps: ``python scripts/compare.py ROOT [ROOT ...] [--out DIR]``.
 
-Reads every ``results.json`` under each ROOT (one per run, as train.py writes them) and each
-run's TensorBoard events. Within a ROOT, runs of one experiment that differ only in their seed
+Reads every ``results.json`` under each ROOT (one per run, as train.py writes them; a run's
+records archived inside ROOT by archive_runs.py count once) and each run's TensorBoard events. Within a ROOT, runs of one experiment that differ only in their seed
 form a group: overrides that do not change what is computed (the keys that conf/config.yaml
 leaves out of run names, such as ``trainer.device``) do not split it, unless a sweep over one
 named its runs by it. With several ROOTs, each group's label starts with its ROOT's name.
@@ -55,14 +55,38 @@ UNNAMED = set(OmegaConf.select(OmegaConf.load(Path(__file__).resolve().parents[1
                                "hydra.job.config.override_dirname.exclude_keys"))
 
 
-def load_runs(root: Path) -> list[dict]:
-    runs = []
-    for path in sorted(root.rglob("results.json")):
+def read_results(path: Path) -> dict | None:
+    """A run's results.json, or None (said on stderr) when it cannot be read as one."""
+    try:
         results = json.loads(path.read_text())
-        if results.get("status") == "finished":
-            runs.append({**results, "dir": path.parent})
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        print(f"skipped {path}: unreadable ({type(error).__name__})", file=sys.stderr)
+        return None
+    if not (isinstance(results, dict) and isinstance(results.get("status"), str)):
+        print(f"skipped {path}: not the results of a run", file=sys.stderr)
+        return None
+    return results
+
+
+def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
+    """The finished runs under ``root``, but not under ``outside``. A run met twice (its
+    records archived inside ``root`` by archive_runs.py: the same results.json) counts once."""
+    runs, seen = [], {}
+    for path in sorted(root.rglob("results.json")):
+        if outside is not None and path.resolve().is_relative_to(outside.resolve()):
+            continue
+        results = read_results(path)
+        if results is None:
+            continue
+        if results["status"] != "finished":
+            print(f"skipped {path.parent}: {results['status']}", file=sys.stderr)
+        elif "test" not in results or "run" not in results:
+            print(f"skipped {path}: finished, but without its test results or run description", file=sys.stderr)
+        elif (record := path.read_bytes()) in seen:
+            print(f"skipped {path.parent}: the records of {seen[record]}", file=sys.stderr)
         else:
-            print(f"skipped {path.parent}: {results.get('status')}", file=sys.stderr)
+            seen[record] = path.parent
+            runs.append({**results, "dir": path.parent})
     return runs
 
 
@@ -71,8 +95,8 @@ def unfinished_runs(root: Path) -> list[dict]:
     training elsewhere, or diverged): where each stands, from its checkpoint."""
     runs = []
     for path in sorted(root.rglob("last.pt")):
-        results = path.parent / "results.json"
-        status = json.loads(results.read_text()).get("status") if results.is_file() else "not finished"
+        results = read_results(path.parent / "results.json") if (path.parent / "results.json").is_file() else None
+        status = results["status"] if results else "not finished"
         if status == "finished":
             continue
         try:
@@ -237,12 +261,15 @@ def main() -> None:
         prefix = f"{root.name}: " if len(args.roots) > 1 else ""
         runs, stopped = load_runs(root), unfinished_runs(root)
         if not runs and not stopped:
-            parser.error(f"no runs (results.json or last.pt) under {root}")
+            parser.error(f"no readable runs (results.json or last.pt) under {root}")
         for data, data_groups in group_runs(runs).items():
             groups[data].update({prefix + label: group for label, group in data_groups.items()})
         unfinished.update({prefix + str(run["dir"].relative_to(root)): run for run in stopped})
     out = args.out or args.roots[0]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in its place or on its path, no permission
+        parser.error(f"cannot create --out {out}: {error.strerror}")
     sections = [table(data, groups[data]) for data in sorted(groups)]
     if unfinished:
         sections.append(unfinished_table(unfinished))

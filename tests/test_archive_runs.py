@@ -98,6 +98,34 @@ def test_records_archived_inside_root_are_not_taken_for_runs(tmp_path, monkeypat
     assert [p.name for p in (tmp_path / "runs" / "archive").iterdir()] == ["run"]
 
 
+def test_records_archived_inside_root_are_archived_again_from_their_run(tmp_path, monkeypatch):
+    """The records sort before the run they come from ("aaa" < "run"), and are not taken for it."""
+    finished_run(tmp_path / "runs" / "run")
+    for _ in range(2):
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "runs" / "aaa")
+    assert [p.name for p in (tmp_path / "runs" / "aaa").iterdir()] == ["run"]
+
+
+def test_a_dest_holding_a_run_of_the_same_name_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    finished_run(tmp_path / "runs" / "run")
+    stopped_run(compose_config(*TINY_TEXT), tmp_path / "other" / "run", monkeypatch, 2)
+    before = {path: path.read_bytes() for path in (tmp_path / "other").rglob("*") if path.is_file()}
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "other")
+    assert stopped.value.code == 2
+    assert "holds a run, whose records archiving would replace" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert {path: path.read_bytes() for path in (tmp_path / "other").rglob("*") if path.is_file()} == before
+
+
+def test_a_dest_that_is_a_file_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    finished_run(tmp_path / "runs" / "run")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "file")
+    assert stopped.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("root", [".", "sweep"], ids=["dest-is-root", "dest-holds-root"])
 def test_a_dest_that_is_root_or_holds_it_is_a_one_line_error(tmp_path, monkeypatch, capsys, root):
     finished_run(tmp_path / root / "run")

@@ -92,10 +92,12 @@ def test_one_sweep_writes_into_itself_with_plain_labels(monkeypatch, two_sweeps)
         (["{a}", "{b}"], "several ROOTs need --out"),
         (["{a}", "{a}", "--out", "{out}"], "the ROOTs' names label their runs, and two are the same"),
         (["{out}"], "is not a directory"),
+        (["{a}", "--out", "{file}"], "cannot create --out"),
     ],
 )
 def test_bad_roots_are_one_line(tmp_path, monkeypatch, capsys, two_sweeps, args, message):
-    paths = dict(a=two_sweeps[0], b=two_sweeps[1], out=tmp_path / "out")
+    paths = dict(a=two_sweeps[0], b=two_sweeps[1], out=tmp_path / "out", file=tmp_path / "a-file")
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exit:
         compare(monkeypatch, *(arg.format(**paths) for arg in args))
     assert exit.value.code == 2
@@ -152,6 +154,31 @@ def test_a_last_pt_that_is_not_a_checkpoint_is_skipped_in_one_line(tmp_path, mon
     assert f"skipped {tmp_path / 's' / 'model=bnlstm,seed=1' / 'last.pt'}: unreadable or not a checkpoint" in capsys.readouterr().err
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm | 1 | 2.0000 |" in report and "Not finished" not in report
+
+
+def test_a_run_and_its_records_archived_inside_the_root_count_once(tmp_path, monkeypatch, capsys):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    records = tmp_path / "s" / "zz-archive" / "model=bnlstm,seed=0"
+    records.mkdir(parents=True)
+    (records / "results.json").write_bytes((tmp_path / "s" / "model=bnlstm,seed=0" / "results.json").read_bytes())
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| bnlstm | 1 | 2.0000 |" in (tmp_path / "s" / "compare.md").read_text()
+    assert f"skipped {records}: the records of {tmp_path / 's' / 'model=bnlstm,seed=0'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [("garbage{", "unreadable (JSONDecodeError)"), ("[1]", "not the results of a run"),
+     ('{"status": "finished"}', "finished, but without its test results")],
+    ids=["not-json", "not-results", "no-test"],
+)
+def test_a_damaged_results_file_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, content, reason):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    (tmp_path / "s" / "damaged").mkdir()
+    (tmp_path / "s" / "damaged" / "results.json").write_text(content)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert f"skipped {tmp_path / 's' / 'damaged' / 'results.json'}: {reason}" in capsys.readouterr().err
+    assert "| bnlstm | 1 | 2.0000 |" in (tmp_path / "s" / "compare.md").read_text()
 
 
 def stopped_progress(run_dir: Path, monkeypatch, step: int) -> dict:
