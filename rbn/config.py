@@ -8,6 +8,8 @@ is built.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -187,6 +189,9 @@ if not OmegaConf.has_resolver("run_name"):
 
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError for values the types allow but training cannot use."""
+    unknown = _unknown_key(cfg)
+    if unknown is not None:  # Hydra's + adds any key, even to a schema's node
+        raise ConfigError(f"{unknown} is not a config key (misspelt?); `python train.py --cfg job` lists them")
     for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
         name = cfg[group].name
         if name not in schemas:
@@ -199,18 +204,23 @@ def check(cfg: DictConfig) -> None:
         "trainer.batch_size": trainer.batch_size, "trainer.max_epochs": trainer.max_epochs,
         "trainer.max_steps": trainer.max_steps, "trainer.eval_interval": trainer.eval_interval,
         "trainer.limit_eval_batches": trainer.limit_eval_batches, "trainer.log_interval": trainer.log_interval,
-        "optim.lr": cfg.optim.lr, "model.max_length": model.get("max_length"),
-        "data.segment_length": cfg.data.get("segment_length"),
+        "optim.lr": cfg.optim.lr, "model.max_length": model.get("max_length"), "model.eps": model.get("eps"),
+        "data.segment_length": cfg.data.get("segment_length"), "trainer.clip_grad_norm": trainer.clip_grad_norm,
     }
     for key, value in positive.items():
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value}")
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    _check_range("seed", cfg.seed, 0, 2**63 - 1)  # numpy's SeedSequence and torch.manual_seed take these
+    if cfg.optim.get("alpha") is not None:
+        _check_range("optim.alpha", cfg.optim.alpha, 0.0, 1.0)  # RMSprop's decay: torch checks only >= 0
+    if cfg.optim.get("betas") is not None and len(cfg.optim.betas) != 2:
+        raise ConfigError(f"optim.betas must be two numbers, got {list(cfg.optim.betas)}")
     _check_range("model.dropout", model.dropout, 0.0, 1.0)
     _check_range("model.h0_noise_std", model.h0_noise_std, 0.0, float("inf"))
     if model.get("momentum") is not None:
         _check_range("model.momentum", model.momentum, 0.0, 1.0)
-    if trainer.clip_grad_norm is not None and trainer.clip_grad_norm <= 0:
-        raise ConfigError(f"trainer.clip_grad_norm must be positive or null, got {trainer.clip_grad_norm}")
     if trainer.sample_length < 0:
         raise ConfigError(f"trainer.sample_length must be >= 0, got {trainer.sample_length}")
     language_model = OmegaConf.get_type(cfg.data) is TextConfig
@@ -227,6 +237,21 @@ def check(cfg: DictConfig) -> None:
 def _check_range(key: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+
+
+def _unknown_key(node: DictConfig, prefix: str = "") -> str | None:
+    """The first key of ``node`` (recursively) that its schema dataclass lacks, or None."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if known is not None and key not in known:
+            return f"{prefix}{key}"
+        child = node[key]
+        if isinstance(child, DictConfig):
+            found = _unknown_key(child, f"{prefix}{key}.")
+            if found is not None:
+                return found
+    return None
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

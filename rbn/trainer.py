@@ -156,6 +156,8 @@ def resolve_device(name: str, option: str = "trainer.device") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{option}={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{option}={name}: rbn runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{option}={name} but CUDA is not available here; use {option}=auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -122,4 +122,4 @@ def test_a_sweep_of_one_job_is_the_default_run(tmp_path):
 def test_compare_refuses_a_directory_without_runs(tmp_path):
     process = run("scripts/compare.py", str(tmp_path), cwd=tmp_path, check=False)
     assert process.returncode == 2
-    assert "no runs (results.json or last.pt)" in process.stderr
+    assert "no readable runs (results.json or last.pt)" in process.stderr

@@ -138,7 +138,17 @@ def test_an_unknown_config_option_fails_when_composing():
         (["trainer.batch_size=1"], "BN-LSTM trains on batch statistics"),
         (["experiment=shakespeare", "model.bidirectional=true"], "cannot be a language model"),
         (["model.name=lstm"], "does not match the model config; choose it with model=lstm"),
-        (["trainer.clip_grad_norm=0"], "clip_grad_norm must be positive or null"),
+        (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm must be positive, got 0"),
+        (["trainer.clip_grad_norm=nan"], "trainer.clip_grad_norm must be finite, got nan"),
+        (["optim.lr=inf"], "optim.lr must be finite, got inf"),
+        (["model.eps=0"], "model.eps must be positive, got 0"),
+        (["model=lnlstm", "model.eps=-1"], "model.eps must be positive, got -1"),
+        (["seed=-1"], r"seed must be in \[0, 9223372036854775807\], got -1"),
+        (["optim.alpha=2"], r"optim.alpha must be in \[0.0, 1.0\], got 2"),
+        (["optim=adam", "optim.betas=[0.9]"], r"optim.betas must be two numbers, got \[0.9\]"),
+        (["+trainer.max_step=3"], r"trainer.max_step is not a config key \(misspelt\?\); `python train.py --cfg job` lists them"),
+        (["+model.foo=1"], r"model.foo is not a config key"),
+        (["+foo=1"], r"^foo is not a config key"),
         (["model=lstm", "model.backend=triton"], "model.backend=triton: rbn.LSTM has no Triton kernel"),
     ],
 )
@@ -163,6 +173,12 @@ def test_cuda_graphs_on_the_cpu_are_one_clear_line(tmp_path: Path):
 def test_a_device_name_that_is_not_a_device_is_one_clear_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="trainer.device='gpu0' is not a device"):
         Trainer(compose_config("trainer.device=gpu0"), tmp_path)
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_a_device_that_is_neither_cpu_nor_cuda_is_one_clear_line(tmp_path, device):
+    with pytest.raises(ConfigError, match=f"^trainer.device={device}: rbn runs on cpu or cuda$"):
+        Trainer(compose_config(f"trainer.device={device}"), tmp_path)
 
 
 def test_a_gpu_index_this_machine_lacks_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
