@@ -154,22 +154,27 @@ def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
     return path
 
 
-def cached(path: Path, build: Callable[[], dict], keys: Iterable[str]) -> dict:
+def cached(path: Path, build: Callable[[], dict], keys: Iterable[str], sources: Iterable[Path] = ()) -> dict:
     """Loads the tensor cache at ``path``, or builds it and writes it atomically.
 
-    A cache that cannot be read (truncated, corrupt) or lacks one of ``keys`` (from another
-    format) is rebuilt.
+    A cache that cannot be read (truncated, corrupt), lacks one of ``keys`` (from another
+    format) or is older than one of the files it is built from (``sources``, e.g. placed by
+    hand again) is rebuilt.
     """
     if path.is_file():
+        newer = [source for source in sources if source.is_file() and source.stat().st_mtime > path.stat().st_mtime]
         try:
             tensors = torch.load(path, weights_only=True)
         except Exception as error:  # any unreadable cache is rebuilt from verified sources
-            reason = type(error).__name__
+            reason = f"unreadable, {type(error).__name__}"
         else:
-            if isinstance(tensors, dict) and all(key in tensors for key in keys):
+            if not (isinstance(tensors, dict) and all(key in tensors for key in keys)):
+                reason = "another format"
+            elif newer:
+                reason = f"{newer[0].name} is newer"
+            else:
                 return tensors
-            reason = "another format"
-        print(f"rebuilding unreadable cache {path} ({reason})", file=sys.stderr)
+        print(f"rebuilding cache {path} ({reason})", file=sys.stderr)
     tensors = build()
     with atomic_path(path) as tmp:
         torch.save(tensors, tmp)

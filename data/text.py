@@ -128,12 +128,12 @@ def build_corpus(texts: dict[str, str], segment_length: int) -> CharCorpus:
     return CharCorpus(vocab, {split: encode(texts[split], vocab) for split in SPLITS}, segment_length)
 
 
-def _cached_corpus(path: Path, build_texts, segment_length: int) -> CharCorpus:
+def _cached_corpus(path: Path, build_texts, segment_length: int, sources: tuple[Path, ...] = ()) -> CharCorpus:
     def build() -> dict:
         corpus = build_corpus(build_texts(), segment_length)
         return {"vocab": corpus.vocab, **corpus.splits}
 
-    tensors = cached(path, build, ("vocab", *SPLITS))
+    tensors = cached(path, build, ("vocab", *SPLITS), sources)
     return CharCorpus(tensors["vocab"], {split: tensors[split] for split in SPLITS}, segment_length)
 
 
@@ -222,9 +222,17 @@ def ptb_char(root: Path | None = None, segment_length: int = 100, download: bool
                     member = tar.extractfile(f"./simple-examples/data/ptb.char.{split}.txt")
                     with atomic_path(path) as tmp:
                         tmp.write_bytes(member.read())
-        return {split: read_ptb_char(path.read_text()) for split, path in files.items()}
+        texts = {}
+        for split, path in files.items():  # unverified when placed by hand: checked for what breaks training
+            try:
+                texts[split] = read_ptb_char(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path} is not UTF-8 text; simple-examples.tgz has the original") from None
+            if len(texts[split]) < 2:
+                raise DataError(f"{path} holds {len(texts[split])} characters; simple-examples.tgz has the original")
+        return texts
 
-    return _cached_corpus(directory / "ptb_char.pt", texts, segment_length)
+    return _cached_corpus(directory / "ptb_char.pt", texts, segment_length, tuple(files.values()))
 
 
 # text8: the first 10^8 bytes of a cleaned English Wikipedia (a-z and space); the paper's

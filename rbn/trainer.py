@@ -122,7 +122,10 @@ def build_dataset(cfg: DictConfig, permutation: Tensor | None = None):
         options["root"] = Path(to_absolute_path(os.path.expanduser(options["root"])))  # no shell expands data.root=~/...
     if permutation is not None:
         options["fixed_permutation"] = permutation
-    return getattr(data, name)(**options)
+    try:
+        return getattr(data, name)(**options)
+    except OSError as error:  # a file where a directory goes (data.root=a file), no permission, a full disk
+        raise data.DataError(f"data={name}: {error.strerror}: {error.filename}") from None
 
 
 def build_model(cfg: DictConfig, dataset) -> nn.Module:

@@ -9,10 +9,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ValidationError
 from trainer_helpers import CONF, TINY_TEXT, compose_config
 
+from data import DataError
 import rbn
 from rbn.config import ConfigError, check
 from rbn.models import CharLM, SequenceClassifier
-from rbn.trainer import Trainer, build_model, build_optimizer
+from rbn.trainer import Trainer, build_dataset, build_model, build_optimizer
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -207,3 +208,10 @@ def test_kernels_that_cannot_run_here_are_one_clear_line_before_training(tmp_pat
     with pytest.raises(ConfigError, match="model.backend=triton does not support CPU tensors") as error:
         Trainer(compose_config(*TINY_TEXT, "model=bnlstm", "model.backend=triton", "trainer.device=cpu"), tmp_path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("experiment", ["seqmnist", "shakespeare"])
+def test_a_data_root_that_is_a_file_is_one_clear_line(tmp_path, experiment):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=f"^data={experiment}: Not a directory: {tmp_path / 'file'}"):
+        build_dataset(compose_config(f"experiment={experiment}", f"data.root={tmp_path / 'file'}"))

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import struct
 import subprocess
 import sys
@@ -153,6 +154,27 @@ def test_ptb_characters_join_symbols_with_underscores_between_words(tmp_path):
     corpus = text.ptb_char(tmp_path, download=False)
     assert corpus.decode(corpus.splits["train"]) == "aer_banknote\nno_it_was_n't\n"
     assert corpus.vocab_size == 1 + len(set("aer_banknote\nno_it_was_n't\n"))
+
+
+def test_ptb_files_placed_again_by_hand_rebuild_the_cache(tmp_path, capsys):
+    write_ptb(tmp_path / "ptb_char")
+    before = text.ptb_char(tmp_path, download=False)
+    train = tmp_path / "ptb_char" / "ptb.char.train.txt"
+    train.write_text("z y x\n")
+    os.utime(train, (train.stat().st_atime, (tmp_path / "ptb_char" / "ptb_char.pt").stat().st_mtime + 1))
+    after = text.ptb_char(tmp_path, download=False)
+    assert after.vocab != before.vocab and after.decode(after.splits["train"]) == "zyx\n"
+    assert f"rebuilding cache {tmp_path / 'ptb_char' / 'ptb_char.pt'} (ptb.char.train.txt is newer)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message", [(b"", "holds 0 characters"), (b"\xff\xfe\x00binary", "is not UTF-8 text")], ids=["empty", "binary"]
+)
+def test_a_ptb_file_that_cannot_be_trained_on_is_a_one_line_error(tmp_path, content, message):
+    write_ptb(tmp_path / "ptb_char")
+    (tmp_path / "ptb_char" / "ptb.char.valid.txt").write_bytes(content)
+    with pytest.raises(DataError, match=f"{tmp_path / 'ptb_char' / 'ptb.char.valid.txt'} {message}"):
+        text.ptb_char(tmp_path, download=False)
 
 
 def ptb_archive(path):
