@@ -25,6 +25,8 @@ def output_file(text: str) -> Path:
     path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"cannot write {path}: {path.parent} is not a directory")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {path}: it is a directory")
     return path
 
 

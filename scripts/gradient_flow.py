@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--csv", type=arguments.output_file, default="gradient_flow.csv")
     args = parser.parse_args()
     device = arguments.device(parser, args.device)
+    if not args.png.suffix:  # what matplotlib writes then
+        args.png = args.png.with_suffix(".png")
 
     steps = (28 // args.pool) ** 2
     preset = model_config("lstm", steps)

@@ -30,9 +30,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 
+from data import DataError  # noqa: E402
 from rbn.config import ConfigError, check  # noqa: E402
-from rbn.trainer import Trainer, epoch_length  # noqa: E402
+from rbn.trainer import Trainer, build_dataset, epoch_length  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -105,8 +107,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as train.py takes them")
     parser.add_argument("--variants", type=variants, default=list(VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--steps", type=int, default=50, help="steps per interval (two intervals per variant)")
-    parser.add_argument("--eval-batches", type=int, default=5)
+    parser.add_argument("--steps", type=arguments.positive, default=50, help="steps per interval (two intervals per variant)")
+    parser.add_argument("--eval-batches", type=arguments.positive, default=5)
     parser.add_argument("--json", type=arguments.output_file, default="train_speed.json")
     args = parser.parse_args()
     if not torch.cuda.is_available() and any("graphs" in variant for variant in args.variants):
@@ -114,7 +116,10 @@ def main() -> None:
     try:
         run = compose_config(args.overrides)  # the schedule to estimate, without the timing's
         check(run)
-    except ConfigError as error:
+        build_dataset(run)  # here, not in the first variant's trainer
+    except HydraException as error:  # an override Hydra cannot parse or apply
+        parser.error(" ".join(f"{error}: {error.__cause__ or ''}".split()).rstrip(":"))
+    except (ConfigError, DataError) as error:
         parser.error(str(error))
     # Every variant's config is checked before any is timed. One the trainer refuses (the
     # kernels of model=lstm, which has none) is a one-line error naming those that can run, the

@@ -215,6 +215,7 @@ def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_
         (["--batches", "4"], "fewer than 4 batches of 4"),  # tiny data: 12 training images
         (["--device", "gpu"], "is not a device"),
         (["--png", "missing/f.png"], "missing is not a directory"),
+        (["--csv", "."], "cannot write .: it is a directory"),
     ],
 )
 @pytest.mark.usefixtures("tiny_data")
@@ -253,3 +254,11 @@ def test_the_tanh_panel_matches_sampling(sigma):
     assert mean[0] == pytest.approx(derivative.mean().item(), abs=2e-3)
     assert lower[0] == pytest.approx(derivative.quantile(0.25).item(), abs=2e-3)
     assert upper[0] == pytest.approx(derivative.quantile(0.75).item(), abs=2e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_data")
+def test_a_png_path_without_a_suffix_is_written_and_reported_with_the_one_matplotlib_adds(tmp_path, monkeypatch, capsys):
+    gradient_flow(monkeypatch, *TINY_RUN, "--gammas", "0.1", "--png", str(tmp_path / "flow"), "--csv", str(tmp_path / "f.csv"))
+    assert (tmp_path / "flow.png").is_file() and not (tmp_path / "flow").exists()
+    assert f"wrote {tmp_path / 'flow.png'} and" in capsys.readouterr().out

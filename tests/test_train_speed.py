@@ -62,6 +62,25 @@ def test_a_schedule_the_trainer_refuses_is_refused_in_one_line(monkeypatch, caps
     assert "trainer.eval_interval must be positive, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hidden_sz=3", "Could not override 'model.hidden_sz'"),
+        ("model=foo", "Could not find 'model/foo'"),
+        ("model.hidden_size=[", "no viable alternative at input '['"),
+        ("data.download=false", "missing"),
+    ],
+    ids=["unknown-key", "unknown-option", "unparsable", "no-data"],
+)
+def test_an_override_hydra_refuses_or_missing_data_is_one_line_before_any_timing(tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.setattr(Trainer, "__init__", lambda *_: pytest.fail("a variant was timed"))
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager", "experiment=ptb_char", f"data.root={tmp_path}", override)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("train_speed.py: error:") and message in error[-1]
+
+
 def test_a_variant_the_trainer_refuses_is_refused_in_one_line_before_any_is_timed(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit:
         train_speed(monkeypatch, "--variants", "eager,kernels", "model=lstm", *TINY_TEXT)
