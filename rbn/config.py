@@ -9,6 +9,7 @@ is built.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -178,8 +179,18 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=name, node=schema)
 
 
+NAME_BYTES = 255  # a path component's limit on common filesystems
+
+
 def _run_name(overrides: str) -> str:
-    return overrides or "default"
+    """The run directory's name: the overrides that name runs, or "default". One too long for a
+    directory keeps its start and ends in a digest of the whole, so that it is still a function
+    of the command (re-running resumes) and still says what differs, mostly."""
+    name = overrides or "default"
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name.encode()[: NAME_BYTES - len(digest) - 3].decode(errors="ignore") + "..." + digest
 
 
 register()

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 from trainer_helpers import CONF, TINY_TEXT, compose_config
 
@@ -215,3 +216,13 @@ def test_a_data_root_that_is_a_file_is_one_clear_line(tmp_path, experiment):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match=f"^data={experiment}: Not a directory: {tmp_path / 'file'}"):
         build_dataset(compose_config(f"experiment={experiment}", f"data.root={tmp_path / 'file'}"))
+
+
+def test_a_run_name_too_long_for_a_directory_is_cut_and_stays_a_function_of_the_command():
+    def run_name(overrides: str) -> str:  # as conf/config.yaml resolves it
+        return OmegaConf.create({"overrides": overrides, "name": "${run_name:${overrides}}"}).name
+
+    names = [run_name("a=1," * 80), run_name("a=1," * 81)]
+    assert all(len(name.encode()) == 255 and name.startswith("a=1,a=1,") for name in names)
+    assert names[0] != names[1] and run_name("a=1," * 80) == names[0]
+    assert (run_name("a=1"), run_name("")) == ("a=1", "default")
