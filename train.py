@@ -34,7 +34,9 @@ def main(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # an exception, unlike SystemExit, lets Hydra run the sweep's other jobs first
         sys.exit(f"error: {error}")
-    if results["status"] != "finished":
+    if results["status"] != "finished":  # diverged
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            sys.exit(f"error: {results['error']}")  # so that `train.py ... && next` stops here
         return None
     return results["test"][SELECTION[trainer.task][0]]
 

@@ -71,6 +71,8 @@ class CharLM(nn.Module):
         while len(text) < length:
             logits, _, _ = self(text.unsqueeze(0))
             probabilities = logits[0, -1].float().softmax(-1)
+            if not probabilities.isfinite().all():
+                raise FloatingPointError(f"no sample: the model's probabilities after {len(text)} symbols are not finite")
             following = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(text.device)
             text = torch.cat([text, following])
         return text

@@ -506,11 +506,12 @@ class Trainer:
             step = self.progress.step
             for name, value in metrics.items():
                 self.writer.add_scalar(f"valid/{name}", value, step)
-            self._log_gains(step)
-            if self.cfg.trainer.gradient_flow:
-                self._log_gradient_flow(step)
-            if self.task == "language_model" and self.cfg.trainer.sample_length:
-                self.writer.add_text("samples", self._sample(), step)
+            if all(math.isfinite(value) for value in metrics.values()):  # else NaN, or sampling from NaN fails
+                self._log_gains(step)
+                if self.cfg.trainer.gradient_flow:
+                    self._log_gradient_flow(step)
+                if self.task == "language_model" and self.cfg.trainer.sample_length:
+                    self.writer.add_text("samples", self._sample(), step)
         log.info("step %d valid %s", step, _format(metrics))
         name, higher_is_better = SELECTION[self.task]
         value = metrics[name]
@@ -591,7 +592,11 @@ class Trainer:
         prompt = self.dataset.splits["valid"][: min(length // 4 + 1, length)].long().to(self.device)
         generator = torch.Generator().manual_seed(self.cfg.seed)
         with self._autocast():
-            text = self.model.sample(prompt, length, generator)
+            try:
+                text = self.model.sample(prompt, length, generator)
+            except FloatingPointError as error:  # a diverging model's: the next training step reports it
+                log.warning("%s", error)
+                return f"({error})"
         return self.dataset.decode(text)
 
     # --- logging -------------------------------------------------------------------------
@@ -644,9 +649,16 @@ class Trainer:
         }
 
     def _log_gains(self, step: int) -> None:
-        """Histograms of the normalization gains and shifts."""
+        """Histograms of the normalization gains and shifts. A diverging run's may hold values
+        that TensorBoard cannot bin (NaN, inf, beyond its 1e20 range): they are left out, as
+        the divergence is for the next training step to report, not for the logging."""
         for name, parameter in self._gains().items():
-            self.writer.add_histogram(f"gains/{name}", parameter.detach().float().cpu(), step)
+            values = parameter.detach().float().cpu()
+            try:
+                self.writer.add_histogram(f"gains/{name}", values, step)
+            except ValueError:
+                log.warning("gains/%s not logged at step %d: values TensorBoard cannot bin, e.g. %.3g",
+                            name, step, values.flatten()[0].item())
 
     def _log_gradient_flow(self, step: int) -> None:
         """How far the gradient reaches back in time, on the first validation batch: the norm

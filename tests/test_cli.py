@@ -123,3 +123,17 @@ def test_compare_refuses_a_directory_without_runs(tmp_path):
     process = run("scripts/compare.py", str(tmp_path), cwd=tmp_path, check=False)
     assert process.returncode == 2
     assert "no readable runs (results.json or last.pt)" in process.stderr
+
+
+def test_a_run_that_diverges_exits_with_an_error_so_that_a_chain_of_commands_stops(tmp_path):
+    """The trainer's result is replaced: a real divergence takes long to provoke."""
+    diverged = {"status": "diverged", "step": 5, "error": "the training loss is nan at step 5"}
+    code = (
+        f"import runpy, sys; sys.path.insert(0, {str(ROOT)!r}); from rbn.trainer import Trainer; "
+        f"Trainer.run = lambda self: {diverged!r}; "
+        f"sys.argv = ['train.py', *{TINY!r}, 'hydra.run.dir={tmp_path}']; "
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')"
+    )
+    process = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1] == "error: the training loss is nan at step 5"

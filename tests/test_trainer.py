@@ -480,6 +480,39 @@ def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path, monkeypatch):
     assert Trainer(compose_config(*TINY_TEXT), tmp_path).run()["best_step"] == 6
 
 
+def test_a_validation_with_non_finite_metrics_logs_no_gains_gradient_flow_or_sample(tmp_path, monkeypatch):
+    evaluate = Trainer.evaluate
+
+    def nan_at_step_3(self, split, **kwargs):
+        metrics = evaluate(self, split, **kwargs)
+        return {name: math.nan for name in metrics} if self.progress.step == 3 else metrics
+
+    monkeypatch.setattr(Trainer, "evaluate", nan_at_step_3)
+    Trainer(compose_config(*TINY_TEXT, *GRADIENT_FLOW), tmp_path).fit()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [event.step for event in events.Scalars("valid/bpc")] == [3, 6]
+    assert [event.step for event in events.Scalars("gradient_flow/log10_first_over_last")] == [6]
+    assert {event.step for event in events.Histograms("gains/recurrent.bn_c_l0.gamma")} == {6}
+
+
+def test_gains_tensorboard_cannot_bin_are_left_out_with_a_warning(tmp_path, caplog):
+    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
+    with torch.no_grad():
+        trainer.model.recurrent.bn_c_l0.gamma.fill_(1e30)  # as after a step at lr 1e30
+    trainer._log_gains(1)
+    assert "gains/recurrent.bn_c_l0.gamma not logged at step 1: values TensorBoard cannot bin, e.g. 1e+30" in caplog.text
+
+
+def test_a_sample_of_a_model_with_non_finite_outputs_is_a_warning_not_a_crash(tmp_path, caplog):
+    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
+    with torch.no_grad():
+        trainer.model.head.bias.fill_(math.nan)
+    trainer.model.eval()  # as validation samples
+    assert trainer._sample().startswith("(no sample: the model's probabilities after")
+    assert "no sample" in caplog.text
+
+
 def test_validation_with_batch_statistics_leaves_running_statistics_unchanged(tmp_path):
     trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
     trainer.fit()
