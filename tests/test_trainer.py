@@ -469,7 +469,8 @@ def test_best_checkpoint_holds_the_step_with_the_best_validation(tmp_path):
     assert load(tmp_path / "best.pt")["progress"]["step"] == best_step
 
 
-def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path, monkeypatch):
+@pytest.fixture
+def nan_validation_at_step_3(monkeypatch):
     evaluate = Trainer.evaluate
 
     def nan_at_step_3(self, split, **kwargs):
@@ -477,17 +478,15 @@ def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path, monkeypatch):
         return {name: math.nan for name in metrics} if self.progress.step == 3 else metrics
 
     monkeypatch.setattr(Trainer, "evaluate", nan_at_step_3)
+
+
+@pytest.mark.usefixtures("nan_validation_at_step_3")
+def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path):
     assert Trainer(compose_config(*TINY_TEXT), tmp_path).run()["best_step"] == 6
 
 
-def test_a_validation_with_non_finite_metrics_logs_no_gains_gradient_flow_or_sample(tmp_path, monkeypatch):
-    evaluate = Trainer.evaluate
-
-    def nan_at_step_3(self, split, **kwargs):
-        metrics = evaluate(self, split, **kwargs)
-        return {name: math.nan for name in metrics} if self.progress.step == 3 else metrics
-
-    monkeypatch.setattr(Trainer, "evaluate", nan_at_step_3)
+@pytest.mark.usefixtures("nan_validation_at_step_3")
+def test_a_validation_with_non_finite_metrics_logs_no_gains_gradient_flow_or_sample(tmp_path):
     Trainer(compose_config(*TINY_TEXT, *GRADIENT_FLOW), tmp_path).fit()
     events = EventAccumulator(str(tmp_path))
     events.Reload()
