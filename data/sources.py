@@ -157,12 +157,13 @@ def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
 def cached(path: Path, build: Callable[[], dict], keys: Iterable[str], sources: Iterable[Path] = ()) -> dict:
     """Loads the tensor cache at ``path``, or builds it and writes it atomically.
 
-    A cache that cannot be read (truncated, corrupt), lacks one of ``keys`` (from another
-    format) or is older than one of the files it is built from (``sources``, e.g. placed by
-    hand again) is rebuilt.
+    A cache that cannot be read (truncated, corrupt) or lacks one of ``keys`` (from another
+    format) is rebuilt, and so is one built from other contents of ``sources``: files placed
+    by hand that no checksum pins (placed again with other text, the cache would be stale).
     """
+    sources = list(sources)
+    fingerprint = _fingerprint(sources)
     if path.is_file():
-        newer = [source for source in sources if source.is_file() and source.stat().st_mtime > path.stat().st_mtime]
         try:
             tensors = torch.load(path, weights_only=True)
         except Exception as error:  # any unreadable cache is rebuilt from verified sources
@@ -170,12 +171,26 @@ def cached(path: Path, build: Callable[[], dict], keys: Iterable[str], sources: 
         else:
             if not (isinstance(tensors, dict) and all(key in tensors for key in keys)):
                 reason = "another format"
-            elif newer:
-                reason = f"{newer[0].name} is newer"
+            elif fingerprint is not None and tensors.get("sources", fingerprint) != fingerprint:  # older caches have none
+                reason = "its source files have changed"
             else:
                 return tensors
         print(f"rebuilding cache {path} ({reason})", file=sys.stderr)
     tensors = build()
+    fingerprint = _fingerprint(sources)  # the build may have put them there
+    if fingerprint is not None:
+        tensors = {**tensors, "sources": fingerprint}
     with atomic_path(path) as tmp:
         torch.save(tensors, tmp)
     return tensors
+
+
+def _fingerprint(sources: list[Path]) -> str | None:
+    """sha256 over the files' contents, in order; None without files, or while one is missing
+    (a cache is kept when its sources were deleted after it was built)."""
+    if not sources or not all(source.is_file() for source in sources):
+        return None
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()

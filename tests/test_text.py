@@ -2,7 +2,6 @@
 
 import hashlib
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -156,15 +155,24 @@ def test_ptb_characters_join_symbols_with_underscores_between_words(tmp_path):
     assert corpus.vocab_size == 1 + len(set("aer_banknote\nno_it_was_n't\n"))
 
 
-def test_ptb_files_placed_again_by_hand_rebuild_the_cache(tmp_path, capsys):
+def test_ptb_files_placed_again_with_other_text_rebuild_the_cache(tmp_path, capsys):
     write_ptb(tmp_path / "ptb_char")
     before = text.ptb_char(tmp_path, download=False)
-    train = tmp_path / "ptb_char" / "ptb.char.train.txt"
-    train.write_text("z y x\n")
-    os.utime(train, (train.stat().st_atime, (tmp_path / "ptb_char" / "ptb_char.pt").stat().st_mtime + 1))
+    (tmp_path / "ptb_char" / "ptb.char.train.txt").write_text("z y x\n")
     after = text.ptb_char(tmp_path, download=False)
     assert after.vocab != before.vocab and after.decode(after.splits["train"]) == "zyx\n"
-    assert f"rebuilding cache {tmp_path / 'ptb_char' / 'ptb_char.pt'} (ptb.char.train.txt is newer)" in capsys.readouterr().err
+    assert f"rebuilding cache {tmp_path / 'ptb_char' / 'ptb_char.pt'} (its source files have changed)" in capsys.readouterr().err
+
+
+def test_ptb_files_copied_again_with_the_same_text_keep_the_cache(tmp_path, capsys):
+    """As after `cp -r` of a shared data folder, which may be read-only: newer, not different."""
+    write_ptb(tmp_path / "ptb_char")
+    text.ptb_char(tmp_path, download=False)
+    cache = (tmp_path / "ptb_char" / "ptb_char.pt").read_bytes()
+    write_ptb(tmp_path / "ptb_char")
+    text.ptb_char(tmp_path, download=False)
+    assert (tmp_path / "ptb_char" / "ptb_char.pt").read_bytes() == cache
+    assert "rebuilding" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
