@@ -69,9 +69,11 @@ def read_results(path: Path) -> dict | None:
 
 
 def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
-    """The finished runs under ``root``, but not under ``outside``. A run met twice (its
-    records archived inside ``root`` by archive_runs.py: the same results.json) counts once."""
-    runs, seen = [], {}
+    """The finished runs under ``root``, but not under ``outside``. A run met more than once
+    (its records archived inside ``root`` by archive_runs.py: the same results.json) counts
+    once, from its own directory: the one with checkpoints or Hydra's hydra.yaml, which
+    records lack."""
+    copies: dict[bytes, list[Path]] = {}
     for path in sorted(root.rglob("results.json")):
         if outside is not None and path.resolve().is_relative_to(outside.resolve()):
             continue
@@ -82,12 +84,17 @@ def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
             print(f"skipped {path.parent}: {results['status']}", file=sys.stderr)
         elif "test" not in results or "run" not in results:
             print(f"skipped {path}: finished, but without its test results or run description", file=sys.stderr)
-        elif (record := path.read_bytes()) in seen:
-            print(f"skipped {path.parent}: the records of {seen[record]}", file=sys.stderr)
         else:
-            seen[record] = path.parent
-            runs.append({**results, "dir": path.parent})
-    return runs
+            copies.setdefault(path.read_bytes(), []).append(path.parent)
+    runs = []
+    for record, directories in copies.items():
+        origin = next((d for d in directories if any(d.glob("*.pt")) or (d / ".hydra" / "hydra.yaml").is_file()),
+                      directories[0])
+        for directory in directories:
+            if directory != origin:
+                print(f"skipped {directory}: the records of {origin}", file=sys.stderr)
+        runs.append({**json.loads(record), "dir": origin})
+    return sorted(runs, key=lambda run: run["dir"])
 
 
 def unfinished_runs(root: Path) -> list[dict]:

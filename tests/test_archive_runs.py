@@ -98,12 +98,13 @@ def test_records_archived_inside_root_are_not_taken_for_runs(tmp_path, monkeypat
     assert [p.name for p in (tmp_path / "runs" / "archive").iterdir()] == ["run"]
 
 
-def test_records_archived_inside_root_are_archived_again_from_their_run(tmp_path, monkeypatch):
-    """The records sort before the run they come from ("aaa" < "run"), and are not taken for it."""
+@pytest.mark.parametrize("second", ["aaa", "bbb"], ids=["same-dest", "another-dest"])
+def test_records_archived_inside_root_are_archived_again_from_their_run(tmp_path, monkeypatch, second):
+    """The first records sort before the run they come from ("aaa" < "run"), and are not taken for it."""
     finished_run(tmp_path / "runs" / "run")
-    for _ in range(2):
-        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "runs" / "aaa")
-    assert [p.name for p in (tmp_path / "runs" / "aaa").iterdir()] == ["run"]
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "runs" / "aaa")
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "runs" / second)
+    assert [p.name for p in (tmp_path / "runs" / second).iterdir()] == ["run"]
 
 
 def test_a_dest_holding_a_run_of_the_same_name_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
