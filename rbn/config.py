@@ -219,7 +219,7 @@ def check(cfg: DictConfig) -> None:
         "data.segment_length": cfg.data.get("segment_length"), "trainer.clip_grad_norm": trainer.clip_grad_norm,
     }
     for key, value in positive.items():
-        if value is not None and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int is finite, and may exceed a float
             raise ConfigError(f"{key} must be finite, got {value}")
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
@@ -229,7 +229,10 @@ def check(cfg: DictConfig) -> None:
     if cfg.optim.get("betas") is not None and len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas must be two numbers, got {list(cfg.optim.betas)}")
     _check_range("model.dropout", model.dropout, 0.0, 1.0)
-    _check_range("model.h0_noise_std", model.h0_noise_std, 0.0, float("inf"))
+    _check_range("model.h0_noise_std", model.h0_noise_std, 0.0, math.inf)
+    _check_range("optim.weight_decay", cfg.optim.weight_decay, 0.0, math.inf)
+    if model.get("gamma_init") is not None and not math.isfinite(model.gamma_init):
+        raise ConfigError(f"model.gamma_init must be finite, got {model.gamma_init}")
     if model.get("momentum") is not None:
         _check_range("model.momentum", model.momentum, 0.0, 1.0)
     if trainer.sample_length < 0:
@@ -246,8 +249,10 @@ def check(cfg: DictConfig) -> None:
 
 
 def _check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key} must be in [{low}, {high}], got {value}")
+    """low <= value <= high, and finite."""
+    if not (low <= value <= high and (isinstance(value, int) or math.isfinite(value))):
+        bounds = f"in [{low}, {high}]" if math.isfinite(high) else f"finite and >= {low}"
+        raise ConfigError(f"{key} must be {bounds}, got {value}")
 
 
 def _unknown_key(node: DictConfig, prefix: str = "") -> str | None:

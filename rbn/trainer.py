@@ -125,7 +125,8 @@ def build_dataset(cfg: DictConfig, permutation: Tensor | None = None):
     try:
         return getattr(data, name)(**options)
     except OSError as error:  # a file where a directory goes (data.root=a file), no permission, a full disk
-        raise data.DataError(f"data={name}: {error.strerror}: {error.filename}") from None
+        where = f": {error.filename}" if error.filename else ""
+        raise data.DataError(f"data={name}: {error.strerror or error}{where}") from None
 
 
 def build_model(cfg: DictConfig, dataset) -> nn.Module:

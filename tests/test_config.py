@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 from trainer_helpers import CONF, TINY_TEXT, compose_config
 
+import data
 from data import DataError
 import rbn
 from rbn.config import ConfigError, check
@@ -147,6 +148,10 @@ def test_an_unknown_config_option_fails_when_composing():
         (["model=lnlstm", "model.eps=-1"], "model.eps must be positive, got -1"),
         (["seed=-1"], r"seed must be in \[0, 9223372036854775807\], got -1"),
         (["optim.alpha=2"], r"optim.alpha must be in \[0.0, 1.0\], got 2"),
+        (["model.h0_noise_std=inf"], "model.h0_noise_std must be finite and >= 0.0, got inf"),
+        (["optim.weight_decay=inf"], "optim.weight_decay must be finite and >= 0.0, got inf"),
+        (["model.gamma_init=nan"], "model.gamma_init must be finite, got nan"),
+        (["model.dropout=nan", "model.num_layers=2"], r"model.dropout must be in \[0.0, 1.0\], got nan"),
         (["optim=adam", "optim.betas=[0.9]"], r"optim.betas must be two numbers, got \[0.9\]"),
         (["+trainer.max_step=3"], r"trainer.max_step is not a config key \(misspelt\?\); `python train.py --cfg job` lists them"),
         (["+model.foo=1"], r"model.foo is not a config key"),
@@ -226,3 +231,12 @@ def test_a_run_name_too_long_for_a_directory_is_cut_and_stays_a_function_of_the_
     assert all(len(name.encode()) == 255 and name.startswith("a=1,a=1,") for name in names)
     assert names[0] != names[1] and run_name("a=1," * 80) == names[0]
     assert (run_name("a=1"), run_name("")) == ("a=1", "default")
+
+
+def test_a_data_error_the_os_gives_without_a_file_name_keeps_its_message(monkeypatch):
+    def timed_out(**_):
+        raise TimeoutError("The read operation timed out")
+
+    monkeypatch.setattr(data, "shakespeare", timed_out)
+    with pytest.raises(DataError, match="^data=shakespeare: The read operation timed out$"):
+        build_dataset(compose_config("experiment=shakespeare"))
