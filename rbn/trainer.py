@@ -232,10 +232,16 @@ def update_population_statistics(
     model: nn.Module, dataset, cfg: DictConfig, max_batches: int | None = None, device: torch.device | None = None
 ) -> None:
     """``update_bn`` over the training set in the order of epoch 0 (the first ``max_batches``
-    batches), with a language model's state carried between segments as in training."""
+    batches), with a language model's state carried between segments as in training. h0 noise
+    and dropout, on in training mode, draw from generators seeded with ``cfg.seed`` here and
+    restored after: the estimate is a function of the parameters and the config, whatever
+    drew before (the trainer's final evaluation and scripts/population_gap.py agree)."""
     generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
     batches = itertools.islice(dataset.batches("train", cfg.trainer.batch_size, generator), max_batches)
-    update_bn(batches, model if dataset.task == "classification" else _CarriedState(model), device=device)
+    gpus = sorted({parameter.device for parameter in model.parameters() if parameter.is_cuda}, key=str)
+    with torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(cfg.seed)
+        update_bn(batches, model if dataset.task == "classification" else _CarriedState(model), device=device)
 
 
 class _CarriedState(nn.Module):
@@ -309,6 +315,7 @@ class Trainer:
         self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
         self.stop_signal: int | None = None  # set by Ctrl-C, SIGTERM or submitit's preemption signal during fit()
         self.hand_over: Callable[[int, Any], Any] | None = None  # submitit's handler of that signal
+        self.resumed = checkpoint is not None
         if checkpoint:
             self._restore(checkpoint)
             log.info("resuming %s at step %d (epoch %d)", self.run_dir, self.progress.step, self.progress.epoch + 1)
@@ -337,9 +344,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Trains to the end, evaluates, writes results.json; returns the results."""
         previous = self._finished_results()
-        if previous is not None:
+        if previous is not None and not (self.resumed and self._trains_further()):
             log.info("%s has already finished; its results are in %s", self.run_dir, self.run_dir / "results.json")
             return previous
+        if previous is not None:
+            log.info("%s finished at step %d; trainer.max_steps or max_epochs now go further: training on",
+                     self.run_dir, self.progress.step)
         self._write_hparams_start()
         self._write_layout()
         try:
@@ -375,7 +385,7 @@ class Trainer:
 
     def _train_epochs(self, bar: tqdm) -> None:
         trainer, progress = self.cfg.trainer, self.progress
-        while progress.epoch < trainer.max_epochs and not self._at_step_limit():
+        while self._trains_further():
             for inputs, targets in self._remaining_batches():
                 self._train_step(inputs, targets, bar)
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
@@ -399,6 +409,9 @@ class Trainer:
         resumed run has nothing to redo."""
         if self.stop_signal is not None:
             raise _StopRequested
+
+    def _trains_further(self) -> bool:
+        return self.progress.epoch < self.cfg.trainer.max_epochs and not self._at_step_limit()
 
     def _at_step_limit(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.progress.step >= self.cfg.trainer.max_steps

@@ -333,6 +333,29 @@ def test_a_finished_run_is_not_trained_again(tmp_path):
     assert (tmp_path / "last.pt").stat().st_mtime_ns == modified
 
 
+def test_a_finished_run_trains_on_when_its_step_limit_is_raised(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=4"), tmp_path / "extended").run()
+    results = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path / "extended").run()
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path / "whole").run()
+    assert results["step"] == 8
+    extended, whole = load(tmp_path / "extended" / "last.pt"), load(tmp_path / "whole" / "last.pt")
+    for name, value in whole["model"].items():
+        assert torch.equal(extended["model"][name], value), name
+
+
+def test_the_population_statistics_estimate_does_not_depend_on_what_drew_random_numbers_before(tmp_path):
+    trainer = Trainer(compose_config(*TINY), tmp_path)  # BN-LSTM with h0 noise, which draws in training mode
+    assert trainer.model.recurrent.h0_noise_std > 0
+    estimates = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        trainer.estimate_population_statistics()
+        estimates.append({k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k})
+        assert torch.initial_seed() == seed  # the caller's generator is left as it was
+    for name, value in estimates[0].items():
+        assert torch.equal(estimates[1][name], value), name
+
+
 class Killed(BaseException):
     """The process dying where the test raises it: no handler runs."""
 
