@@ -32,7 +32,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ConfigError, RunError, DataError) as error:
         log.error("%s", error)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # an exception, unlike SystemExit, lets Hydra run the sweep's other jobs first
+            # An exception, unlike SystemExit, lets Hydra run the sweep's other jobs first; without
+            # its traceback, which Hydra prints, the one line above is all there is to read.
+            raise error.with_traceback(None) from None
         sys.exit(f"error: {error}")
     if results["status"] != "finished":  # diverged
         if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -87,6 +87,8 @@ def test_a_failing_job_of_a_sweep_lets_the_other_jobs_run(tmp_path):
     assert process.returncode == 1
     assert "BN-LSTM trains on batch statistics" in process.stderr
     assert [p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")] == ["model=lstm"]
+    traceback = process.stderr[process.stderr.index("Traceback"):]
+    assert traceback.count('File "') == 1  # train.py's raise only: the one-line error is what to read
 
 
 def test_a_sweep_with_a_malformed_override_gets_hydras_message(tmp_path):
