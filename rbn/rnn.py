@@ -179,10 +179,6 @@ class Recurrent(nn.Module):
             lengths, order = lengths.sort(descending=True)
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
-            # Zeros where the padding was: the input term covers every step, and a non-finite
-            # pad (NaN * 0) would reach W_x's gradient and the batch statistics.
-            padding = (torch.arange(steps)[:, None] >= lengths).to(x.device)
-            x = x.masked_fill(padding.unsqueeze(-1), 0)
         x, h_n, c_n = self._layers(x, (h0, c0), lengths)
         if order is not None:
             restore = order.argsort()
@@ -202,7 +198,11 @@ class Recurrent(nn.Module):
         if lengths is None:
             batch_sizes = [batch] * steps
         else:
-            batch_sizes = (lengths > torch.arange(steps)[:, None]).sum(1).tolist()
+            valid = torch.arange(steps)[:, None] < lengths
+            batch_sizes = valid.sum(1).tolist()
+            # Zeros where the padding was: the input term covers every step, and a non-finite
+            # pad (NaN * 0) would reach W_x's gradient and the batch statistics.
+            x = x.masked_fill(~valid.to(x.device).unsqueeze(-1), 0)
         run = self._run_kernels if self._uses_kernels(x, lengths) else self._run
         h_n, c_n = [], []
         for layer in range(self.num_layers):
