@@ -177,7 +177,8 @@ def cached(path: Path, build: Callable[[], dict], keys: Iterable[str], sources: 
                 return tensors
         print(f"rebuilding cache {path} ({reason})", file=sys.stderr)
     tensors = build()
-    fingerprint = _fingerprint(sources)  # the build may have put them there
+    if fingerprint is None:  # the build may have put them there
+        fingerprint = _fingerprint(sources)
     if fingerprint is not None:
         tensors = {**tensors, "sources": fingerprint}
     with atomic_path(path) as tmp:
