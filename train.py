@@ -26,18 +26,20 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the test metric that selects models (accuracy or bits per character), for
     sweepers that optimize it."""
+    hydra_config = HydraConfig.get()
+    sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
-        trainer = Trainer(cfg, HydraConfig.get().runtime.output_dir)
+        trainer = Trainer(cfg, hydra_config.runtime.output_dir)
         results = trainer.run()
     except (ConfigError, RunError, DataError) as error:
         log.error("%s", error)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if sweep:
             # An exception, unlike SystemExit, lets Hydra run the sweep's other jobs first; without
             # its traceback, which Hydra prints, the one line above is all there is to read.
             raise error.with_traceback(None) from None
         sys.exit(f"error: {error}")
     if results["status"] != "finished":  # diverged
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not sweep:
             sys.exit(f"error: {results['error']}")  # so that `train.py ... && next` stops here
         return None
     return results["test"][SELECTION[trainer.task][0]]
