@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from trainer_helpers import TINY, TINY_TEXT, compose_config, tiny_mnist, tiny_text
+from trainer_helpers import TINY, TINY_TEXT, compose_config, script_error, tiny_mnist, tiny_text
 
 import data
 import rbn.trainer
@@ -149,13 +149,7 @@ def write_final(run_dir: Path, *overrides: str) -> Path:
 
 
 def one_line_error(monkeypatch, capsys, *args) -> str:
-    """The script's error, after checking that argparse's exit gave it in one line."""
-    with pytest.raises(SystemExit) as exit:
-        long_sequences(monkeypatch, capsys, *args)
-    assert exit.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("long_sequences.py: error: ")
-    return error
+    return script_error(lambda: long_sequences(monkeypatch, capsys, *args), capsys, "long_sequences.py")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import TINY, compose_config
+from trainer_helpers import TINY, compose_config, script_error
 
 import data
 from rbn.config import to_dict
@@ -52,13 +52,7 @@ def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monke
 
 
 def one_line_error(monkeypatch, capsys, *args: str) -> str:
-    """The script's error, after checking that argparse's exit gave it in one line."""
-    with pytest.raises(SystemExit) as exit:
-        population_gap(monkeypatch, capsys, *args)
-    assert exit.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("population_gap.py: error: ")
-    return error
+    return script_error(lambda: population_gap(monkeypatch, capsys, *args), capsys, "population_gap.py")
 
 
 @pytest.mark.parametrize(

@@ -66,3 +66,14 @@ def stopped_run(cfg, run_dir: Path, monkeypatch, step: int, signum: int = signal
         interrupt_at(patch, step, signum)
         Trainer(cfg, run_dir).run()
     return stopped.value.code
+
+
+def script_error(run, capsys, script: str) -> str:
+    """The error of a script that ``run`` runs in process, after checking that argparse's exit
+    gave it in one line."""
+    with pytest.raises(SystemExit) as exit:
+        run()
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"{script}: error: ")
+    return error
