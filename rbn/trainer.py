@@ -96,14 +96,28 @@ def read_checkpoint(path: Path, keys: set[str], kind: str) -> dict[str, Any]:
     return checkpoint
 
 
-def parameters_mismatch(model: nn.Module, parameters: dict[str, Tensor]) -> str | None:
-    """Loads ``parameters`` into ``model``: None, or the first line of what does not fit (a saved
-    config may build a model of other shapes now, e.g. after its data's vocabulary changed)."""
+def load_parameters(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """Loads the parameters of ``checkpoint``, read from ``path``, into ``model``; where they do
+    not fit, a one-line RunError with the first misfit (a saved config may build a model of
+    other shapes now, e.g. after its data's vocabulary changed)."""
     try:
-        model.load_state_dict(parameters)
+        model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        return str(error).splitlines()[1].strip()
-    return None
+        misfit = str(error).splitlines()[1].strip()
+        raise RunError(f"{path} does not fit the model its config builds now ({misfit}); "
+                       "its data may have changed since (a vocabulary)") from None
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's results.json: a dict with a ``status``; for any other file, a one-line RunError
+    naming it."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        raise RunError(f"{path} is unreadable ({type(error).__name__})") from None
+    if not (isinstance(results, dict) and isinstance(results.get("status"), str)):
+        raise RunError(f"{path} is not the results of a run")
+    return results
 
 
 def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
@@ -777,11 +791,9 @@ class Trainer:
         if not self._exists(path):
             return None
         try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
-            raise RunError(f"{path} is unreadable ({type(error).__name__}); {START_OVER}") from None
-        if not (isinstance(results, dict) and isinstance(results.get("status"), str)):
-            raise RunError(f"{path} is not the results of a run; {START_OVER}")
+            results = read_results(path)
+        except RunError as error:
+            raise RunError(f"{error}; {START_OVER}") from None
         if results["status"] != "finished":
             return None
         if "test" not in results:
@@ -802,10 +814,10 @@ class Trainer:
             raise RunError(f"{self.run_dir} holds {what} with another config ({differences}); use another run directory")
 
     def _load_model(self, checkpoint: dict[str, Any], name: str) -> None:
-        mismatch = parameters_mismatch(self.model, checkpoint["model"])
-        if mismatch is not None:  # the same config: its data built another model then
-            raise RunError(f"{self.run_dir / name}.pt does not fit the model this config builds now ({mismatch}); "
-                           "its data may have changed since (a vocabulary): use another run directory")
+        try:
+            load_parameters(self.model, checkpoint, self.run_dir / f"{name}.pt")
+        except RunError as error:  # the same config: its data built another model then
+            raise RunError(f"{error}: use another run directory") from None
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         self._load_model(checkpoint, "last")

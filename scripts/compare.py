@@ -34,12 +34,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rbn.trainer import comparison_charts  # noqa: E402
+from rbn.trainer import CHECKPOINT_KEYS, RunError, comparison_charts, read_checkpoint, read_results  # noqa: E402
 
 METRICS = {"accuracy": "accuracy", "bpc": "bits per character"}
 # Cooijmans et al. 2016, test accuracy (Table 1) and bits per character (Tables 2 and 3).
@@ -55,17 +54,13 @@ UNNAMED = set(OmegaConf.select(OmegaConf.load(Path(__file__).resolve().parents[1
                                "hydra.job.config.override_dirname.exclude_keys"))
 
 
-def read_results(path: Path) -> dict | None:
+def results_or_none(path: Path) -> dict | None:
     """A run's results.json, or None (said on stderr) when it cannot be read as one."""
     try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
-        print(f"skipped {path}: unreadable ({type(error).__name__})", file=sys.stderr)
+        return read_results(path)
+    except RunError as error:
+        print(f"skipped: {error}", file=sys.stderr)
         return None
-    if not (isinstance(results, dict) and isinstance(results.get("status"), str)):
-        print(f"skipped {path}: not the results of a run", file=sys.stderr)
-        return None
-    return results
 
 
 def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
@@ -77,7 +72,7 @@ def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
     for path in sorted(root.rglob("results.json")):
         if outside is not None and path.resolve().is_relative_to(outside.resolve()):
             continue
-        results = read_results(path)
+        results = results_or_none(path)
         if results is None:
             continue
         if results["status"] != "finished":
@@ -102,22 +97,21 @@ def unfinished_runs(root: Path) -> list[dict]:
     training elsewhere, or diverged): where each stands, from its checkpoint."""
     runs = []
     for path in sorted(root.rglob("last.pt")):
-        results = read_results(path.parent / "results.json") if (path.parent / "results.json").is_file() else None
+        results = results_or_none(path.parent / "results.json") if (path.parent / "results.json").is_file() else None
         status = results["status"] if results else "not finished"
         if status == "finished":
             continue
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(checkpoint, dict):  # a tensor indexed by a string warns before it fails
-                raise TypeError(f"a {type(checkpoint).__name__}")
-            trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
-            runs.append({
-                "dir": path.parent, "status": status, "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
-                **{key: progress[key] for key in ("epoch", "step", "best", "best_step", "train_seconds")},
-                "devices": progress.get("devices", []),
-            })
-        except Exception as error:  # a file being replaced, truncated, or anything else saved as last.pt
-            print(f"skipped {path}: unreadable or not a checkpoint ({type(error).__name__})", file=sys.stderr)
+        try:  # a file being replaced, truncated, or anything else saved as last.pt
+            checkpoint = read_checkpoint(path, CHECKPOINT_KEYS, "a checkpoint of rbn's trainer")
+        except RunError as error:
+            print(f"skipped: {error}", file=sys.stderr)
+            continue
+        trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
+        runs.append({
+            "dir": path.parent, "status": status, "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
+            **{key: progress[key] for key in ("epoch", "step", "best", "best_step", "train_seconds")},
+            "devices": progress.get("devices", []),
+        })
     return runs
 
 

@@ -42,7 +42,7 @@ from rbn.trainer import (  # noqa: E402
     RunError,
     build_dataset,
     build_model,
-    parameters_mismatch,
+    load_parameters,
     read_checkpoint,
     using_batch_statistics,
 )
@@ -76,11 +76,7 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
             f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})"
         )
     model = build_model(cfg, corpus)
-    mismatch = parameters_mismatch(model, final["model"])
-    if mismatch is not None:
-        raise UnreadableRun(
-            f"{path} does not fit the model its config builds now ({mismatch}); its data may have changed since (a vocabulary)"
-        )
+    load_parameters(model, final, path)
     return run_dir, cfg, corpus, model
 
 

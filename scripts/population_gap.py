@@ -27,7 +27,7 @@ from rbn.trainer import (  # noqa: E402
     RunError,
     build_dataset,
     build_model,
-    parameters_mismatch,
+    load_parameters,
     read_checkpoint,
     update_population_statistics,
     using_batch_statistics,
@@ -70,9 +70,10 @@ def main() -> None:
     if dataset.task != "classification":
         parser.error(f"{args.run_dir} is a {cfg.data.name} run; this script reads classification runs")
     model = build_model(cfg, dataset)
-    mismatch = parameters_mismatch(model, checkpoint["model"])
-    if mismatch is not None:  # the config as saved: the code or data build another model now
-        parser.error(f"{path} does not fit the model its config builds now ({mismatch})")
+    try:
+        load_parameters(model, checkpoint, path)
+    except RunError as error:
+        parser.error(str(error))
     norms = {kind: [m for name, m in model.named_modules() if name.split(".")[-1].startswith(kind)]
              for kind in NORMALIZATIONS}
     if not any(norms.values()):

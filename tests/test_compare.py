@@ -151,7 +151,7 @@ def test_a_last_pt_that_is_not_a_checkpoint_is_skipped_in_one_line(tmp_path, mon
     (tmp_path / "s" / "model=bnlstm,seed=1").mkdir()
     torch.save(saved, tmp_path / "s" / "model=bnlstm,seed=1" / "last.pt")
     compare(monkeypatch, str(tmp_path / "s"))
-    assert f"skipped {tmp_path / 's' / 'model=bnlstm,seed=1' / 'last.pt'}: unreadable or not a checkpoint" in capsys.readouterr().err
+    assert f"skipped: {tmp_path / 's' / 'model=bnlstm,seed=1' / 'last.pt'} is not a checkpoint of rbn's trainer" in capsys.readouterr().err
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm | 1 | 2.0000 |" in report and "Not finished" not in report
 
@@ -167,17 +167,17 @@ def test_a_run_and_its_records_archived_inside_the_root_count_once(tmp_path, mon
 
 
 @pytest.mark.parametrize(
-    "content, reason",
-    [("garbage{", "unreadable (JSONDecodeError)"), ("[1]", "not the results of a run"),
-     ('{"status": "finished"}', "finished, but without its test results")],
+    "content, message",
+    [("garbage{", "skipped: {path} is unreadable (JSONDecodeError)"), ("[1]", "skipped: {path} is not the results of a run"),
+     ('{"status": "finished"}', "skipped {path}: finished, but without its test results")],
     ids=["not-json", "not-results", "no-test"],
 )
-def test_a_damaged_results_file_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, content, reason):
+def test_a_damaged_results_file_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, content, message):
     write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
     (tmp_path / "s" / "damaged").mkdir()
     (tmp_path / "s" / "damaged" / "results.json").write_text(content)
     compare(monkeypatch, str(tmp_path / "s"))
-    assert f"skipped {tmp_path / 's' / 'damaged' / 'results.json'}: {reason}" in capsys.readouterr().err
+    assert message.format(path=tmp_path / "s" / "damaged" / "results.json") in capsys.readouterr().err
     assert "| bnlstm | 1 | 2.0000 |" in (tmp_path / "s" / "compare.md").read_text()
 
 

@@ -469,7 +469,7 @@ def test_a_checkpoint_of_a_model_that_the_data_no_longer_build_is_a_one_line_err
     Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).run()
     monkeypatch.setattr(data, "shakespeare", lambda **options: build_corpus(
         {"train": "a new symbol: z " * 40, "valid": "z " * 40, "test": "z " * 40}, options["segment_length"]))
-    with pytest.raises(RunError, match=r"last.pt does not fit the model this config builds now \(size mismatch") as error:
+    with pytest.raises(RunError, match=r"last.pt does not fit the model its config builds now \(size mismatch") as error:
         Trainer(compose_config(*TINY_TEXT), tmp_path)
     assert "\n" not in str(error.value)
 
