@@ -11,7 +11,9 @@ cell has:
 - ``probe(t, batch)``: step t of the tensor that carries W_h's gradient (see
   ``defer_weight_gradient``), or None; taken outside the step, so that a compiled step never
   indexes a Python sequence by t;
-- ``cell(x_t, (h, c), t, probe_t) -> (h, c)``: one recurrent step;
+- ``cell(x_t, (h, c), t, probe_t) -> (h, c)``: one recurrent step, at timestep
+  t = ``first_step`` + its index in the call (a long sequence read in chunks continues its
+  timesteps; only batch-normalized cells, whose statistics are per timestep, read t);
 - ``keep_hidden(h_prev)``: called after the loop with h_{t-1} of every step;
 - ``update_running_stats(batch_sizes)``: called after the loop in training mode.
 
@@ -20,7 +22,7 @@ Gates are laid out as in ``torch.nn.LSTM``: (i, f, g, o), each block ``hidden_si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -68,6 +70,7 @@ class Cell:
 
     weight_ih: Tensor
     weight_hh: Tensor
+    first_step: int = field(default=0, kw_only=True)  # the timestep of the call's first step
 
     # From this hidden size on, W_h's gradient is deferred to one GEMM. Where the probe is an
     # extra (T, B, 4H) tensor (the normalized cells), collecting its gradient costs more than
@@ -180,7 +183,7 @@ class BNLSTMCell(Cell):
         # is a single kernel over (B, T*4H) channels; the loop reads it as (T, B, 4H).
         wx = F.linear(x.transpose(0, 1), self.weight_ih).transpose(0, 1)
         self.zero_probes(wx)
-        return self.bn_x(wx, batch_sizes, shift=self.bias)
+        return self.bn_x(wx, batch_sizes, shift=self.bias, first_step=self.first_step)
 
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
         """The normalized input term of every step or, on ``per_step_input_devices``, x_t,
@@ -213,22 +216,22 @@ class BNLSTMCell(Cell):
         bn_h, bn_c = self.bn_h, self.bn_c
         population = None
         if not bn_h.training:
-            population = (*bn_h.population_statistics(len(term), term.device),
-                          *bn_c.population_statistics(len(term), term.device))
+            population = (*bn_h.population_statistics(len(term), term.device, self.first_step),
+                          *bn_c.population_statistics(len(term), term.device, self.first_step))
         out, c_n, batch_statistics = bn_lstm(
             term, *state, self.weight_hh, bn_h.gamma, bn_c.gamma, bn_c.beta, bn_h.eps, bn_c.eps, population
         )
         if batch_statistics is not None:
             mean_h, var_h, mean_c, var_c = batch_statistics
-            bn_h.keep_batch_statistics(mean_h, var_h)
-            bn_c.keep_batch_statistics(mean_c, var_c)
+            bn_h.keep_batch_statistics(mean_h, var_h, self.first_step)
+            bn_c.keep_batch_statistics(mean_c, var_c, self.first_step)
         return out, (out[-1], c_n)
 
     def update_running_stats(self, batch_sizes: list[int]) -> None:
         if self.input_per_step:
-            self.bn_x.update_running_stats(batch_sizes)
-        self.bn_h.update_running_stats(batch_sizes)
-        self.bn_c.update_running_stats(batch_sizes)
+            self.bn_x.update_running_stats(batch_sizes, self.first_step)
+        self.bn_h.update_running_stats(batch_sizes, self.first_step)
+        self.bn_c.update_running_stats(batch_sizes, self.first_step)
 
 
 @dataclass

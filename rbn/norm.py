@@ -27,7 +27,9 @@ class SequenceBatchNorm(_BatchNorm):
     Two entry points: ``forward`` normalizes a whole (T, B, C) sequence at once (one kernel
     when nothing is padded) and updates the running statistics; ``step`` normalizes one
     (B, C) timestep inside a recurrence, after ``start_sequence``, and ``update_running_stats``
-    folds that sequence's statistics in after the loop.
+    folds that sequence's statistics in after the loop. ``first_step`` is the timestep of a
+    sequence's first step, for a long sequence read in chunks: chunk k of length L starts
+    at k * L.
     """
 
     def __init__(
@@ -84,8 +86,11 @@ class SequenceBatchNorm(_BatchNorm):
                 f"got {batch}; use model.eval() for single sequences"
             )
 
-    def forward(self, x: Tensor, batch_sizes: list[int] | None = None, shift: Tensor | None = None) -> Tensor:
-        """Normalizes a sequence x (T, B, C); ``batch_sizes[t]`` rows are valid at step t.
+    def forward(
+        self, x: Tensor, batch_sizes: list[int] | None = None, shift: Tensor | None = None, first_step: int = 0
+    ) -> Tensor:
+        """Normalizes a sequence x (T, B, C) of timesteps first_step, first_step + 1, ...;
+        ``batch_sizes[t]`` rows are valid at its step t.
 
         Rows beyond ``batch_sizes[t]`` (padding, the batch sorted by length) enter no
         statistic; their output is unspecified. ``shift`` (C,) is added to the output inside
@@ -99,15 +104,16 @@ class SequenceBatchNorm(_BatchNorm):
         steps, batch, channels = x.shape
         self.check_batch(batch)
         beta = self._shifted_beta(shift)
+        timesteps = range(1) if self.shared else range(first_step, first_step + steps)
         if batch_sizes is not None and min(batch_sizes) < batch:
-            return self._forward_padded(x, batch_sizes, beta)
+            return self._forward_padded(x, batch_sizes, beta, timesteps)
         if self.shared:
             flat = x.reshape(steps * batch, channels)
-            out = self._normalize(flat, range(1), self.gamma, beta)
+            out = self._normalize(flat, timesteps, self.gamma, beta)
             return out.view(steps, batch, channels)
         # Per-timestep statistics over the batch for all T at once: (B, T*C) channels.
         flat = x.transpose(0, 1).reshape(batch, steps * channels)
-        out = self._normalize(flat, range(steps), self.gamma.repeat(steps), None if beta is None else beta.repeat(steps))
+        out = self._normalize(flat, timesteps, self.gamma.repeat(steps), None if beta is None else beta.repeat(steps))
         return out.view(batch, steps, channels).transpose(0, 1)
 
     def _shifted_beta(self, shift: Tensor | None) -> Tensor | None:
@@ -115,24 +121,24 @@ class SequenceBatchNorm(_BatchNorm):
             return self.beta
         return shift if self.beta is None else self.beta + shift
 
-    def _normalize(self, flat: Tensor, steps: range, gamma: Tensor, beta: Tensor | None) -> Tensor:
-        """F.batch_norm over the rows of ``flat``, whose columns are ``steps`` x C channels."""
+    def _normalize(self, flat: Tensor, timesteps: range, gamma: Tensor, beta: Tensor | None) -> Tensor:
+        """F.batch_norm over the rows of ``flat``, whose columns are ``timesteps`` x C channels."""
         if not self.training:
-            rows = self._rows(steps, flat.device)
+            rows = self._rows(timesteps, flat.device)
             return F.batch_norm(
                 flat, self.running_mean[rows].flatten(), self.running_var[rows].flatten(),
                 gamma, beta, False, 0.0, self.eps,
             )
         # Statistics in the parameters' dtype: under bf16 autocast the input is bf16, and
         # batch_norm's mixed-precision kernels keep statistics in float32.
-        mean, var = self.gamma.new_zeros(2, len(steps) * self.num_features)
+        mean, var = self.gamma.new_zeros(2, len(timesteps) * self.num_features)
         out = F.batch_norm(flat, mean, var, gamma, beta, True, 1.0, self.eps)
-        self._accumulate(mean.view(len(steps), -1), var.view(len(steps), -1))
+        self._accumulate(mean.view(len(timesteps), -1), var.view(len(timesteps), -1), timesteps.start)
         return out
 
-    def _forward_padded(self, x: Tensor, batch_sizes: list[int], beta: Tensor | None) -> Tensor:
+    def _forward_padded(self, x: Tensor, batch_sizes: list[int], beta: Tensor | None, timesteps: range) -> Tensor:
         steps, batch, _ = x.shape
-        population = self._rows(range(1 if self.shared else steps), x.device)
+        population = self._rows(timesteps, x.device)
         mean = self.running_mean[population].unsqueeze(1)
         var = self.running_var[population].unsqueeze(1)
         counts = torch.tensor(batch_sizes, device=x.device)
@@ -156,7 +162,7 @@ class SequenceBatchNorm(_BatchNorm):
             var = torch.where(enough, batch_var, var)
             tracked = int(enough.sum())  # a prefix: batch sizes never grow
             unbiased = batch_var * n / (n - 1).clamp(min=1)
-            self._accumulate(batch_mean[:tracked, 0].detach(), unbiased[:tracked, 0].detach())
+            self._accumulate(batch_mean[:tracked, 0].detach(), unbiased[:tracked, 0].detach(), timesteps.start)
         out = (x - mean) * torch.rsqrt(var + self.eps) * self.gamma
         return out if beta is None else out + beta
 
@@ -171,8 +177,7 @@ class SequenceBatchNorm(_BatchNorm):
         self.batch_var.data.zero_()
 
     def step(self, x: Tensor, t: int, shift: Tensor | None = None) -> Tensor:
-        """Normalizes timestep t of a sequence, x (B, C), inside a recurrence; ``shift`` as in
-        ``forward``."""
+        """Normalizes timestep t, x (B, C), inside a recurrence; ``shift`` as in ``forward``."""
         beta = self._shifted_beta(shift)
         if self.training and len(x) > 1:
             if t < self.max_length:
@@ -186,35 +191,38 @@ class SequenceBatchNorm(_BatchNorm):
             mean, var = mean.clone(), var.clone()
         return F.batch_norm(x, mean, var, self.gamma, beta, False, 0.0, self.eps)
 
-    def keep_batch_statistics(self, mean: Tensor, var: Tensor) -> None:
+    def keep_batch_statistics(self, mean: Tensor, var: Tensor, first_step: int = 0) -> None:
         """Keeps the batch statistics of a whole sequence, (T, C), the variance unbiased: what
         ``step`` keeps one step at a time, for ``update_running_stats`` to fold in."""
-        tracked = min(len(mean), self.max_length)
-        self.batch_mean[:tracked] = mean[:tracked]
-        self.batch_var[:tracked] = var[:tracked]
+        tracked = max(min(len(mean), self.max_length - first_step), 0)
+        self.batch_mean[first_step : first_step + tracked] = mean[:tracked]
+        self.batch_var[first_step : first_step + tracked] = var[:tracked]
 
-    def population_statistics(self, steps: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The running mean and variance that ``step`` normalizes timesteps 0..steps-1 with in
-        eval mode, (steps, C)."""
-        rows = self._rows(range(steps), device)
+    def population_statistics(self, steps: int, device: torch.device, first_step: int = 0) -> tuple[Tensor, Tensor]:
+        """The running mean and variance that ``step`` normalizes a sequence's ``steps``
+        timesteps from ``first_step`` with in eval mode, (steps, C)."""
+        rows = self._rows(range(first_step, first_step + steps), device)
         return self.running_mean[rows], self.running_var[rows]
 
-    def update_running_stats(self, batch_sizes: list[int]) -> None:
+    def update_running_stats(self, batch_sizes: list[int], first_step: int = 0) -> None:
         """Folds in the statistics that ``step`` gathered over a sequence (training mode)."""
-        tracked = sum(1 for n in batch_sizes[: self.max_length] if n > 1)
-        self._accumulate(self.batch_mean[:tracked], self.batch_var[:tracked])
+        tracked = sum(1 for n in batch_sizes[: max(self.max_length - first_step, 0)] if n > 1)
+        rows = slice(first_step, first_step + tracked)
+        self._accumulate(self.batch_mean[rows], self.batch_var[rows], first_step)
 
-    def _rows(self, steps: range, device: torch.device) -> Tensor:
-        return torch.arange(len(steps), device=device).clamp(max=self.max_length - 1)
+    def _rows(self, timesteps: range, device: torch.device) -> Tensor:
+        return torch.arange(timesteps.start, timesteps.stop, device=device).clamp(max=self.max_length - 1)
 
     @torch.no_grad()
-    def _accumulate(self, mean: Tensor, var: Tensor) -> None:
-        """running <- running + weight * (batch - running) for the first len(mean) timesteps."""
-        tracked = min(len(mean), self.max_length)
+    def _accumulate(self, mean: Tensor, var: Tensor, first_step: int) -> None:
+        """running <- running + weight * (batch - running) for len(mean) timesteps from
+        ``first_step``, those below max_length."""
+        tracked = max(min(len(mean), self.max_length - first_step), 0)
         if tracked == 0:
             return
         mean, var = mean[:tracked], var[:tracked]
-        count = self.num_batches_tracked[:tracked]
+        rows = slice(first_step, first_step + tracked)
+        count = self.num_batches_tracked[rows]
         count += 1
         if self.momentum is None:  # cumulative average, as update_bn asks for
             # 1 / count in the statistics' own dtype: a float32 weight would round float64
@@ -222,5 +230,5 @@ class SequenceBatchNorm(_BatchNorm):
             weight = count.to(self.running_mean.dtype).reciprocal().unsqueeze(1)
         else:
             weight = self.momentum
-        self.running_mean[:tracked].lerp_(mean, weight)
-        self.running_var[:tracked].lerp_(var, weight)
+        self.running_mean[rows].lerp_(mean, weight)
+        self.running_var[rows].lerp_(var, weight)

@@ -24,10 +24,13 @@ BACKENDS = ("auto", "triton", "eager")
 class Recurrent(nn.Module):
     """A stack of LSTM-style layers with ``torch.nn.LSTM``'s constructor, shapes and names.
 
-    ``forward(input, hx=None, lengths=None) -> output, (h_n, c_n)`` with nn.LSTM's shapes;
-    ``lengths`` (valid length of each sequence, batch order) makes padded steps invisible:
-    they enter no statistic, leave the state unchanged and give zero outputs. A bidirectional
-    layer reverses only the valid part of each sequence.
+    ``forward(input, hx=None, lengths=None, *, first_step=0) -> output, (h_n, c_n)`` with
+    nn.LSTM's shapes; ``lengths`` (valid length of each sequence, batch order) makes padded
+    steps invisible: they enter no statistic, leave the state unchanged and give zero outputs.
+    A bidirectional layer reverses only the valid part of each sequence. ``first_step`` is the
+    timestep of the input's first step, for a sequence read in chunks with its state carried
+    (chunk k of length L: k * L): BN-LSTM's statistics are per timestep, and with it, chunks
+    compute what the whole sequence would. The other layers are the same at every timestep.
 
     A subclass names its cell (``cell_class``), the parameters and modules the cell reads for
     each layer and direction (``cell_parameters``, of which the stack registers the weights and
@@ -121,9 +124,11 @@ class Recurrent(nn.Module):
     def _add_norms(self, suffix: str) -> None:
         """Adds the normalization modules of one layer and direction."""
 
-    def _cell(self, suffix: str) -> Cell:
-        """The cell that reads the parameters of one layer and direction."""
-        return self.cell_class(*(getattr(self, f"{name}{suffix}") for name in self.cell_parameters))
+    def _cell(self, suffix: str, first_step: int) -> Cell:
+        """The cell that reads the parameters of one layer and direction, for a call whose
+        first step is timestep ``first_step``."""
+        parameters = (getattr(self, f"{name}{suffix}") for name in self.cell_parameters)
+        return self.cell_class(*parameters, first_step=first_step)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -163,9 +168,11 @@ class Recurrent(nn.Module):
                     nn.init.ones_(biases[0].detach()[hidden : 2 * hidden])  # forget gate
 
     def forward(
-        self, input: Tensor, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None
+        self, input: Tensor, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None, *,
+        first_step: int = 0,
     ) -> tuple[Tensor, State]:
         x = self._check_input(input)
+        self._check_first_step(first_step)
         batched = x.dim() == 3
         if self.batch_first and batched:
             x = x.transpose(0, 1)
@@ -179,7 +186,7 @@ class Recurrent(nn.Module):
             lengths, order = lengths.sort(descending=True)
             order = order.to(x.device)
             x, h0, c0 = x[:, order], h0[:, order], c0[:, order]
-        x, h_n, c_n = self._layers(x, (h0, c0), lengths)
+        x, h_n, c_n = self._layers(x, (h0, c0), lengths, first_step)
         if order is not None:
             restore = order.argsort()
             x, h_n, c_n = x[:, restore], h_n[:, restore], c_n[:, restore]
@@ -189,7 +196,9 @@ class Recurrent(nn.Module):
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
 
-    def _layers(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _layers(
+        self, x: Tensor, state: State, lengths: Tensor | None, first_step: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The stack on x (T, B, I) from state (h_0, c_0), the batch sorted by ``lengths``
         (descending) when given: each layer's directions, then dropout between layers. Returns
         the last layer's output, h_n and c_n."""
@@ -210,7 +219,7 @@ class Recurrent(nn.Module):
             for direction, suffix in enumerate(self._suffixes(layer)):
                 k = layer * self.num_directions + direction
                 sequence = x if direction == 0 else _reverse(x, lengths)
-                out, (h, c) = run(self._cell(suffix), sequence, (h0[k], c0[k]), batch_sizes)
+                out, (h, c) = run(self._cell(suffix, first_step), sequence, (h0[k], c0[k]), batch_sizes)
                 outputs.append(out if direction == 0 else _reverse(out, lengths))
                 h_n.append(h)
                 c_n.append(c)
@@ -276,7 +285,7 @@ class Recurrent(nn.Module):
                 h, c = h[:n], c[:n]
             if n < len(x_t):
                 x_t = x_t[:n]
-            h, c = self._step(cell, x_t, (h, c), t, cell.probe(t, n))
+            h, c = self._step(cell, x_t, (h, c), cell.first_step + t, cell.probe(t, n))
             outputs.append(h)
         cell.keep_hidden([state[0], *outputs[:-1]])
         if self._recorded_hidden is not None:
@@ -339,6 +348,12 @@ class Recurrent(nn.Module):
         if self.training and self.h0_noise_std:
             h0 = h0 + self.h0_noise_std * torch.randn_like(h0)
         return h0, c0
+
+    def _check_first_step(self, first_step: int) -> None:
+        if not isinstance(first_step, int) or isinstance(first_step, bool) or first_step < 0:
+            raise ValueError(f"first_step must be a non-negative integer, got {first_step!r}")
+        if first_step and self.bidirectional:
+            raise ValueError("first_step continues a sequence forward in time; a bidirectional layer reads it both ways")
 
     def _check_lengths(self, lengths: Tensor | Sequence[int], batch: int, steps: int) -> Tensor:
         try:
@@ -428,7 +443,9 @@ class LSTM(Recurrent):
         self.flatten_parameters()
         return module
 
-    def _layers(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _layers(
+        self, x: Tensor, state: State, lengths: Tensor | None, first_step: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``torch._VF.lstm``, called as ``torch.nn.LSTM.forward`` calls it (on x, or on a
         ``PackedSequence``'s data and batch sizes), one layer at a time with ``F.dropout``
         between layers as in the eager loop: given the dropout, cuDNN would draw it from a
@@ -438,7 +455,7 @@ class LSTM(Recurrent):
         without bf16 instructions, and there ``torch.nn.LSTM`` itself fails."""
         cpu_autocast = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         if self.backend == "eager" or self.compile_step or cpu_autocast or self._recorded_hidden is not None:
-            return super()._layers(x, state, lengths)
+            return super()._layers(x, state, lengths, first_step)
         steps = len(x)
         batch_sizes = None
         if lengths is not None:

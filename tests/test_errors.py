@@ -156,3 +156,13 @@ def test_dropout_on_a_single_layer_warns_as_nn_lstm_does(layer_name):
     with pytest.warns(UserWarning) as expected:
         torch.nn.LSTM(3, 4, dropout=0.5)
     assert str(warned[0].message) == str(expected[0].message)
+
+
+@pytest.mark.parametrize("first_step", [-1, 1.5, True])
+def test_first_step_that_is_not_a_timestep(layer_name, first_step):
+    raises(ValueError, "first_step must be a non-negative integer", lambda: make(layer_name)(torch.randn(6, 2, 3), first_step=first_step))
+
+
+def test_first_step_of_a_bidirectional_layer(layer_name):
+    model = make(layer_name, bidirectional=True)
+    raises(ValueError, "a bidirectional layer reads it both ways", lambda: model(torch.randn(6, 2, 3), first_step=6))

@@ -123,6 +123,26 @@ def test_bn_lstm_kernels_validate_with_batch_statistics_and_keep_the_running_one
 
 
 @NEEDS_KERNELS
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bn_lstm_kernels_continue_a_sequence_from_its_first_step(mode):
+    """A chunk that starts at timestep 2 of max_length 4: population statistics of steps 2, 3
+    and then the last; in training, batch statistics kept in rows 2 and 3 only."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    eager.train()(torch.randn(T, B, I, device=DEVICE))  # running statistics that differ by step
+    fused.load_state_dict(eager.state_dict())
+    x, hx = inputs()
+    results = []
+    for model in (eager, fused):
+        model.train(mode == "train")
+        x_grad = x.clone().requires_grad_()
+        output, (h_n, c_n) = model(x_grad, hx, first_step=2)
+        (output.square().sum() + h_n.sum() + c_n.sum()).backward()
+        results.append({"output": output, "d input": x_grad.grad,
+                        **{f"d {name}": p.grad for name, p in model.named_parameters()}} | persistent_buffers(model))
+    assert_same(results[1], results[0])
+
+
+@NEEDS_KERNELS
 def test_ln_lstm_kernels_compute_the_eager_cell():
     eager, fused = pair("LNLSTM")
     x, hx = inputs()

@@ -155,3 +155,53 @@ def test_h0_noise_is_added_to_the_initial_hidden_state_in_training_only(layer_na
     expected = plain.train()(x, (h0 + 0.3 * torch.randn_like(h0), c0))[0]
     torch.testing.assert_close(output, expected)
     torch.testing.assert_close(noisy.eval()(x, (h0, c0))[0], plain.eval()(x, (h0, c0))[0])
+
+
+def read_in_chunks(model, x: torch.Tensor, chunks: list[int], lengths: torch.Tensor | None = None) -> tuple:
+    """x read chunk after chunk, the state carried and each chunk starting at its timestep;
+    ``lengths`` of x cut to each chunk (every sequence reaches the last chunk)."""
+    outputs, state, first_step = [], None, 0
+    for chunk in x.split(chunks):
+        chunk_lengths = None if lengths is None else (lengths - first_step).clamp(max=len(chunk))
+        output, state = model(chunk, state, chunk_lengths, first_step=first_step)
+        outputs.append(output)
+        first_step += len(chunk)
+    return torch.cat(outputs), state
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["whole", "padded"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_sequence_read_in_chunks_from_their_first_steps_is_the_sequence_read_whole(
+    layer_backend, mode, padded, input_normalization
+):
+    """Outputs, final state, gradients and BN's running statistics; the chunks cross
+    max_length (4) inside one of them and go beyond it."""
+    layer_name, backend = layer_backend
+    options = {"max_length": 4} if layer_name == "BNLSTM" else {}
+    whole = make(layer_name, num_layers=2, backend=backend, **options).train(mode == "train")
+    if mode == "eval" and layer_name == "BNLSTM":
+        whole.train()(torch.randn(7, B, 3))  # running statistics that differ from step to step
+        whole.eval()
+    chunked = copy.deepcopy(whole)
+    x = torch.randn(7, B, 3)
+    lengths = torch.tensor([7, 6, 6, 7, 6]) if padded else None
+    results = []
+    for model, read in ((whole, lambda x: model(x, None, lengths)), (chunked, lambda x: read_in_chunks(model, x, [3, 2, 2], lengths))):
+        x_grad = x.clone().requires_grad_()
+        output, (h_n, c_n) = read(x_grad)
+        (output.square().sum() + h_n.sum() + c_n.sum()).backward()
+        results.append({"output": output, "h_n": h_n, "c_n": c_n, "d input": x_grad.grad,
+                        **{f"d {name}": p.grad for name, p in model.named_parameters()},
+                        **{name: buffer for name, buffer in model.state_dict().items()}})
+    for name, expected in results[0].items():
+        torch.testing.assert_close(results[1][name], expected, msg=lambda m: f"{name}: {m}")
+
+
+def test_first_step_changes_batch_normalized_outputs_only():
+    x = torch.randn(3, B, 3)
+    for layer_name in ("LSTM", "LNLSTM", "BNLSTM"):
+        model = make(layer_name, max_length=4) if layer_name == "BNLSTM" else make(layer_name)
+        model.train()(torch.randn(6, B, 3))
+        model.eval()
+        same = torch.allclose(model(x, first_step=2)[0], model(x)[0])
+        assert same == (layer_name != "BNLSTM"), layer_name
