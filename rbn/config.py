@@ -45,6 +45,11 @@ class MNISTSource(Enum):
     torchvision = "torchvision"
 
 
+class Segments(Enum):
+    independent = "independent"  # the paper's: shuffled segments, each from the initial state
+    streams = "streams"  # contiguous streams, the state carried from segment to segment
+
+
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -108,6 +113,7 @@ class PMNISTConfig(MNISTConfig):
 @dataclass
 class TextConfig(DataConfig):
     segment_length: int = 100
+    segments: Segments = Segments.streams
 
 
 # Optimizers: torch.optim classes and their keyword arguments.

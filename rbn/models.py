@@ -3,7 +3,8 @@
 - ``SequenceClassifier``: reads a sequence and classifies it from the final hidden state
   (sequential and permuted MNIST).
 - ``CharLM``: predicts the next character from one-hot characters, with the recurrent state
-  passed in and returned so that it can be carried across consecutive segments.
+  passed in and returned so that it can be carried across consecutive segments (and, for a
+  text read in segments as one sequence, the timestep it continues from).
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ class CharLM(nn.Module):
         self.head = nn.Linear(recurrent.hidden_size, vocab_size)
 
     def forward(
-        self, inputs: Tensor, targets: Tensor | None = None, state: State | None = None, lengths: Tensor | None = None
+        self, inputs: Tensor, targets: Tensor | None = None, state: State | None = None, lengths: Tensor | None = None,
+        first_step: int = 0,
     ) -> tuple[Tensor, Tensor | None, State]:
         """inputs (B, L) symbol ids, targets (B, L) -> logits (B, L, V), mean cross-entropy or
         None, final state. Targets of -100 (padding; ``cross_entropy``'s ``ignore_index``) are
         left out of the loss; ``lengths`` (B,), the valid prefix of each row, keeps padding
-        out of batch statistics too (the layer's ``lengths``)."""
+        out of batch statistics too (the layer's ``lengths``); ``first_step``: the timestep of
+        the first input, where the inputs continue a text that ``state`` has read so far."""
         one_hot = F.one_hot(inputs, self.vocab_size).to(self.head.weight.dtype)
-        outputs, state = self.recurrent(one_hot, state, lengths)
+        outputs, state = self.recurrent(one_hot, state, lengths, first_step=first_step)
         logits = self.head(outputs)
         loss = None
         if targets is not None:

@@ -5,7 +5,8 @@ A run lives in one directory: TensorBoard events, the checkpoints ``last.pt`` an
 ``train.log``). Starting a run in a directory
 that holds ``last.pt`` resumes it, exactly: the checkpoint carries the parameters, the
 optimizer, the running statistics, the random number generators, the position in the epoch
-(whose order is a function of the seed and the epoch) and a language model's carried state.
+(whose order is a function of the seed and the epoch) and a language model's carried state
+(``data.segments=streams``).
 
 The paper's procedure: model selection on the validation set (batch statistics, as the
 authors did; saved to ``best.pt``); then, with the best parameters, validation with batch statistics, population
@@ -246,16 +247,16 @@ def update_population_statistics(
     model: nn.Module, dataset, cfg: DictConfig, max_batches: int | None = None, device: torch.device | None = None
 ) -> None:
     """``update_bn`` over the training set in the order of epoch 0 (the first ``max_batches``
-    batches), with a language model's state carried between segments as in training. h0 noise
-    and dropout, on in training mode, draw from generators seeded with ``cfg.seed`` here and
-    restored after: the estimate is a function of the parameters and the config, whatever
-    drew before (the trainer's final evaluation and scripts/population_gap.py agree)."""
+    batches), a language model's state carried between segments where training carries it.
+    h0 noise and dropout, on in training mode, draw from generators seeded with ``cfg.seed``
+    here and restored after: the estimate is a function of the parameters and the config,
+    whatever drew before (the trainer's final evaluation and scripts/population_gap.py agree)."""
     generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0))
     batches = itertools.islice(dataset.batches("train", cfg.trainer.batch_size, generator), max_batches)
     gpus = sorted({parameter.device for parameter in model.parameters() if parameter.is_cuda}, key=str)
     with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(cfg.seed)
-        update_bn(batches, model if dataset.task == "classification" else _CarriedState(model), device=device)
+        update_bn(batches, _CarriedState(model) if dataset.carries_state else model, device=device)
 
 
 class _CarriedState(nn.Module):
@@ -325,7 +326,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.model)
         self._check_before_training()
         self.progress = Progress()
-        self.carry: State | None = None  # a language model's state between segments
+        self.carry: State | None = None  # a language model's state between segments, if carried
         self.graphed: tuple[torch.Size, nn.Module] | None = None  # with trainer.cuda_graphs
         self.stop_signal: int | None = None  # set by Ctrl-C, SIGTERM or submitit's preemption signal during fit()
         self.hand_over: Callable[[int, Any], Any] | None = None  # submitit's handler of that signal
@@ -441,7 +442,9 @@ class Trainer:
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         forward = self._graphed_forward if self.cfg.trainer.cuda_graphs else self._forward
         with self._autocast():
-            logits, loss, self.carry = forward(inputs, targets, self.carry)
+            logits, loss, carry = forward(inputs, targets, self.carry)
+        if self.dataset.carries_state:
+            self.carry = carry
         if not torch.isfinite(loss):
             raise _Diverged(f"the training loss is {loss.item()} at step {self.progress.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -456,13 +459,15 @@ class Trainer:
         self.progress.train_seconds += time.perf_counter() - started
         self._log_train(logits.detach(), targets, loss.detach(), grad_norm, bar)
 
-    def _forward(self, inputs: Tensor, targets: Tensor, state: State | None) -> tuple[Tensor, Tensor, State | None]:
+    def _forward(
+        self, inputs: Tensor, targets: Tensor, state: State | None, first_step: int = 0
+    ) -> tuple[Tensor, Tensor, State | None]:
         """Logits, loss and, for a language model, its final state (detached) to carry."""
         if self.task == "classification":
             return *self.model(inputs, targets), None
         # Training batches are never padded, so training steps skip the check (and its device sync).
         lengths = None if self.model.training else data.padded_lengths(targets)
-        logits, loss, state = self.model(inputs, targets, state, lengths)
+        logits, loss, state = self.model(inputs, targets, state, lengths, first_step)
         return logits, loss, tuple(s.detach() for s in state)
 
     def _graphed_forward(self, inputs: Tensor, targets: Tensor, state: State | None) -> tuple[Tensor, Tensor, State | None]:
@@ -510,15 +515,21 @@ class Trainer:
         running or population statistics, or with each batch's statistics if asked."""
         self.model.eval()
         metrics = Metrics(self.task)
-        state = None
+        state, first_step = None, 0
+        # A language model trained on independent segments from h_0 reads each stream as one
+        # sequence, as the paper tests; one trained on streams reads segments as it trained,
+        # the state carried into each and its timesteps counted from 0.
+        continues_time = self.task == "language_model" and not self.dataset.carries_state
         batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
         with self._autocast(), using_batch_statistics(self._batch_norms() if batch_statistics else []):
             for inputs, targets in batches:
                 if batch_statistics and len(targets) < 2:
                     continue  # a last batch of one sequence has no batch statistics
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
-                logits, loss, state = self._forward(inputs, targets, state)
+                logits, loss, state = self._forward(inputs, targets, state, first_step)
                 metrics.add(logits, targets, loss)
+                if continues_time:
+                    first_step += inputs.shape[1]
         return metrics.summary()
 
     def validate(self) -> None:

@@ -7,8 +7,10 @@ the population statistics, and the run's config) and reads the test split as the
 evaluation cuts it (``batch_size`` contiguous streams that cover it, the last one padded) but
 L characters at a time, for each length L. Each sequence starts from a zero state, as in the
 paper; with ``--carry-state`` the state is carried along each stream as the trainer's
-evaluation does, so that only the normalization's timestep restarts with each sequence, and
-at the training length the bpc is the run's own test bpc.
+evaluation does, so that at the training length the bpc is the run's own test bpc: for a run
+trained on streams (``data.segments=streams``) only the normalization's timestep restarts
+with each sequence; one trained on independent segments is evaluated on each stream read as
+one sequence, and then has that bpc at every length.
 
 BN-LSTM is evaluated twice: with its population statistics, where timesteps beyond
 ``max_length`` (the training length) reuse the last timestep's, and with each batch's own
@@ -87,14 +89,17 @@ def bpc_on_test_split(
 ) -> float:
     """Bits per character on the test split read ``length`` characters at a time (the
     trainer's evaluation batches with another segment length), each sequence from a zero
-    state unless ``carry_state``."""
+    state unless ``carry_state``, which reads the streams as the trainer's evaluation does."""
     sequences = data.CharCorpus(corpus.vocab, corpus.splits, length)
+    continues_time = carry_state and not corpus.carries_state
     metrics = Metrics("language_model")
-    state = None
+    state, first_step = None, 0
     for inputs, targets in itertools.islice(sequences.batches("test", batch_size), limit_batches):
         inputs, targets = inputs.to(device), targets.to(device)
-        logits, loss, state = model(inputs, targets, state if carry_state else None, data.padded_lengths(targets))
+        logits, loss, state = model(inputs, targets, state if carry_state else None, data.padded_lengths(targets), first_step)
         metrics.add(logits, targets, loss)
+        if continues_time:
+            first_step += inputs.shape[1]
     return metrics.summary()["bpc"]
 
 

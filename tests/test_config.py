@@ -85,6 +85,8 @@ def test_presets_pin_the_papers_hyperparameters(experiment):
     assert cfg.model.init.value == ("identity_g" if "mnist" in experiment else "orthogonal")
     if optimizer == "rmsprop":
         assert (cfg.optim.alpha, cfg.optim.momentum) == (0.9, 0.9)
+    if segment is not None:  # the authors' penntreebank.py and text8.py: shuffled segments from h_0
+        assert cfg.data.segments.value == "independent"
 
 
 @pytest.mark.parametrize(("experiment", "momentum"), [("seqmnist", 0.01), ("pmnist", 0.01), ("ptb_char", 0.05), ("text8", 0.05)])

@@ -89,6 +89,25 @@ def test_with_the_state_carried_the_training_length_gives_the_trainers_test_bpc(
         assert rows[row][0] == pytest.approx(bpc, abs=5e-5), row  # printed to 4 decimals
 
 
+@pytest.fixture(scope="module")
+def independent_bnlstm(tmp_path_factory):
+    """A tiny BN-LSTM run trained on independent segments."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "shakespeare", tiny_text)
+        cfg = compose_config(*TINY_TEXT, "model=bnlstm", "data.segments=independent", "trainer.limit_eval_batches=null")
+        trainer = Trainer(cfg, tmp_path_factory.mktemp("independent") / "bnlstm")
+        trainer.run()
+        yield trainer
+
+
+def test_with_the_state_carried_a_run_trained_on_independent_segments_has_its_test_bpc_at_every_length(
+    independent_bnlstm, monkeypatch, capsys
+):
+    arguments = [independent_bnlstm.run_dir, "--lengths", TRAINING_LENGTH, 5, 13, "--carry-state"]
+    bpc = table_rows(long_sequences(monkeypatch, capsys, *arguments))["bnlstm", "population"]
+    assert bpc == pytest.approx([recorded_test_bpc(independent_bnlstm)] * 3, abs=5e-5)
+
+
 def test_limit_batches_evaluates_the_first_batches_as_the_trainers_limit_does(trainers, monkeypatch, capsys):
     lstm = trainers["lstm"]
     monkeypatch.setattr(lstm.cfg.trainer, "limit_eval_batches", 2)

@@ -60,9 +60,9 @@ def test_unknown_characters_become_id_zero():
     assert text.encode("ab—zé", vocab).tolist() == [1, 2, 3, 0, 0]
 
 
-def corpus(n=1000, length=7):
+def corpus(n=1000, length=7, segments="streams"):
     ids = torch.arange(n).remainder(50).to(torch.uint8)
-    return CharCorpus([UNKNOWN, *map(chr, range(200, 249))], {s: ids for s in text.SPLITS}, length)
+    return CharCorpus([UNKNOWN, *map(chr, range(200, 249))], {s: ids for s in text.SPLITS}, length, segments)
 
 
 def test_training_segments_continue_each_other_row_by_row():
@@ -74,10 +74,44 @@ def test_training_segments_continue_each_other_row_by_row():
     assert torch.equal((streams[:, 1:] - streams[:, :-1]) % 50, torch.ones_like(streams[:, 1:]))
 
 
-def test_each_epoch_starts_at_a_new_random_offset_below_the_segment_length():
+def test_independent_training_segments_are_the_split_cut_at_an_offset_in_a_random_order():
+    positions = torch.arange(1000)  # each symbol's id is its position
+    data = CharCorpus([UNKNOWN, *map(chr, range(200, 1199))], {s: positions for s in text.SPLITS}, 7, "independent")
+    batches = list(data.batches("train", 4, torch.Generator().manual_seed(0)))
+    assert all(x.shape == (4, 7) and y.shape == (4, 7) for x, y in batches)
+    inputs = torch.cat([x for x, _ in batches])
+    targets = torch.cat([y for _, y in batches])
+    assert torch.equal(inputs, inputs[:, :1] + torch.arange(7))  # consecutive characters
+    assert torch.equal(targets, inputs + 1)  # each target is the next character
+    starts = inputs[:, 0]
+    offset = int(starts.min()) % 7
+    assert offset < 7 and torch.equal((starts - offset) % 7, torch.zeros_like(starts))  # on one grid of 7
+    assert len(set(starts.tolist())) == len(starts)  # no segment twice
+    assert len(batches) == (1000 - 1 - offset) // 7 // 4  # whole batches of the whole segments
+    assert not torch.equal(starts, starts.sort().values)  # shuffled
+
+
+def test_independent_training_segments_are_shuffled_anew_every_epoch():
     generator = torch.Generator().manual_seed(0)
-    starts = {int(next(corpus().batches("train", 4, generator))[0][0, 0]) for _ in range(30)}
-    assert len(starts) > 3 and max(starts) < 7
+    data = corpus(segments="independent")
+    first, second = (next(data.batches("train", 4, generator))[0] for _ in range(2))
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("segments", ["streams", "independent"])
+def test_each_epoch_starts_at_a_new_random_offset_below_the_segment_length(segments):
+    generator = torch.Generator().manual_seed(0)
+    offsets = {int(x[0, 0]) % 7 for _ in range(30) for x, _ in [next(corpus(segments=segments).batches("train", 4, generator))]}
+    assert len(offsets) > 3
+
+
+def test_only_streams_carry_the_state_from_batch_to_batch():
+    assert corpus(segments="streams").carries_state and not corpus(segments="independent").carries_state
+
+
+def test_an_unknown_way_to_cut_segments_is_refused():
+    with pytest.raises(ValueError, match="segments must be one of independent, streams; got 'overlapping'"):
+        corpus(segments="overlapping")
 
 
 def test_the_same_seed_gives_the_same_segments_in_another_process():

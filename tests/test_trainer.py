@@ -570,6 +570,48 @@ def test_population_statistics_of_a_language_model_see_the_carried_state(tmp_pat
     assert trainer.model.recurrent.bn_h_l0.running_var[0].max() == 0
 
 
+INDEPENDENT = [*TINY_TEXT, "data.segments=independent"]
+
+
+def test_independent_segments_each_train_from_the_initial_state(tmp_path, monkeypatch):
+    trainer = Trainer(compose_config(*INDEPENDENT, "trainer.max_steps=4"), tmp_path)
+    training_states = []
+    forward = trainer._forward
+
+    def recording(inputs, targets, state, *rest):
+        if trainer.model.training:
+            training_states.append(state)
+        return forward(inputs, targets, state, *rest)
+
+    monkeypatch.setattr(trainer, "_forward", recording)
+    trainer.run()
+    assert len(training_states) == 4 and all(state is None for state in training_states)
+
+
+def test_a_model_trained_on_independent_segments_is_evaluated_on_each_stream_read_as_one_sequence(tmp_path):
+    """The paper's test: every stream from h_0, BN-LSTM's statistics of t >= max_length those
+    of its last timestep. Read in segments, the loss is that of the streams read whole."""
+    trainer = Trainer(compose_config(*INDEPENDENT, "trainer.limit_eval_batches=null"), tmp_path)
+    with torch.no_grad():  # statistics of their own for every timestep
+        for name, buffer in trainer.model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.uniform_(0.5, 2.0)
+    batches = list(trainer.dataset.batches("valid", 4))
+    assert len(batches) > 2 and sum(x.shape[1] for x, _ in batches) > trainer.model.recurrent.max_length
+    inputs, targets = (torch.cat(tensors, 1) for tensors in zip(*batches))
+    trainer.model.eval()
+    with torch.no_grad():
+        _, loss, _ = trainer.model(inputs, targets, None, data.padded_lengths(targets))
+    assert trainer.evaluate("valid")["loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_population_statistics_of_independent_segments_see_the_initial_state(tmp_path):
+    trainer = Trainer(compose_config(*INDEPENDENT), tmp_path)
+    trainer.estimate_population_statistics()
+    assert trainer.model.recurrent.bn_h_l0.running_var[0].max() == 0  # W_h h_0 is the same for every segment
+    assert trainer.model.recurrent.bn_h_l0.running_var[1].min() > 1e-6
+
+
 def test_final_results_report_batch_and_population_statistics(tmp_path):
     results = Trainer(compose_config(*TINY), tmp_path).run()
     assert results["status"] == "finished"

@@ -37,14 +37,14 @@ def tiny_mnist(root, source, download):
     }
 
 
-def tiny_text(root=None, segment_length=100, download=True):
+def tiny_text(root=None, segment_length=100, segments="streams", download=True):
     words = "to be or not that is the question whether tis nobler in mind suffer".split()
     generator = torch.Generator().manual_seed(0)
 
     def text(n: int) -> str:
         return " ".join(words[i] for i in torch.randint(len(words), (n,), generator=generator).tolist())
 
-    return build_corpus({"train": text(90), "valid": text(30), "test": text(30)}, segment_length)
+    return build_corpus({"train": text(90), "valid": text(30), "test": text(30)}, segment_length, segments)
 
 
 def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
