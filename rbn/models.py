@@ -64,18 +64,15 @@ class CharLM(nn.Module):
 
     @torch.no_grad()
     def sample(self, prompt: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
-        """``prompt`` (P,) symbol ids continued to ``length`` symbols by sampling.
-
-        Each new symbol re-reads the whole text from the start: a normalized layer's statistics
-        belong to timesteps counted from the start of a call, so one-symbol calls would all
-        use timestep 0's.
-        """
+        """``prompt`` (P,) symbol ids continued to ``length`` symbols by sampling, the text read
+        as one sequence: each new symbol continues the state from its timestep."""
         text = prompt.clone()
+        logits, _, state = self(text.unsqueeze(0))
         while len(text) < length:
-            logits, _, _ = self(text.unsqueeze(0))
             probabilities = logits[0, -1].float().softmax(-1)
             if not probabilities.isfinite().all():
                 raise FloatingPointError(f"no sample: the model's probabilities after {len(text)} symbols are not finite")
             following = torch.multinomial(probabilities.cpu(), 1, generator=generator).to(text.device)
+            logits, _, state = self(following.unsqueeze(0), state=state, first_step=len(text))
             text = torch.cat([text, following])
         return text
