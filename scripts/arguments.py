@@ -30,6 +30,15 @@ def output_file(text: str) -> Path:
     return path
 
 
+def output_directory(parser: argparse.ArgumentParser, path: Path) -> Path:
+    """``--out``, created now rather than after the script's work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in its place or on its path, no permission
+        parser.error(f"cannot create --out {path}: {error.strerror}")
+    return path
+
+
 def device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     """The device ``--device name`` stands for, read as the trainer reads ``trainer.device``."""
     try:

@@ -39,6 +39,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.trainer import CHECKPOINT_KEYS, RunError, comparison_charts, read_checkpoint, read_results  # noqa: E402
+from scripts import arguments  # noqa: E402
 
 METRICS = {"accuracy": "accuracy", "bpc": "bits per character"}
 # Cooijmans et al. 2016, test accuracy (Table 1) and bits per character (Tables 2 and 3).
@@ -266,11 +267,7 @@ def main() -> None:
         for data, data_groups in group_runs(runs).items():
             groups[data].update({prefix + label: group for label, group in data_groups.items()})
         unfinished.update({prefix + str(run["dir"].relative_to(root)): run for run in stopped})
-    out = args.out or args.roots[0]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file in its place or on its path, no permission
-        parser.error(f"cannot create --out {out}: {error.strerror}")
+    out = arguments.output_directory(parser, args.out or args.roots[0])
     sections = [table(data, groups[data]) for data in sorted(groups)]
     if unfinished:
         sections.append(unfinished_table(unfinished))

@@ -183,10 +183,7 @@ def main() -> None:
         runs = [load_run(run_dir, lengths[-1]) for run_dir in args.run_dirs]
     except (ConfigError, RunError, UnreadableRun) as error:
         parser.error(str(error))
-    try:  # now, not after every model is measured
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file in its place or on its path, no permission
-        parser.error(f"cannot create --out {args.out}: {error.strerror}")
+    arguments.output_directory(parser, args.out)
     rows = [row for run in runs for row in measure(*run, lengths, args.carry_state, args.limit_batches, device)]
     report = table(rows, lengths, args.carry_state, args.limit_batches)
     (args.out / "long_sequences.md").write_text(report)
