@@ -86,8 +86,9 @@ def test_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one(tmp_path, 
         [*TINY_TEXT, "trainer.precision=bf16"],
         [*TINY, "model.compile=true"],
         [*TINY_TEXT, "model=lstm", "model.num_layers=2", "model.dropout=0.5"],  # cuDNN
+        [*TINY_TEXT, "data.segments=independent"],  # every batch from the zero state
     ],
-    ids=["seqmnist-bnlstm", "text-lnlstm-dropout", "text-bnlstm-bf16", "compiled", "text-lstm-dropout"],
+    ids=["seqmnist-bnlstm", "text-lnlstm-dropout", "text-bnlstm-bf16", "compiled", "text-lstm-dropout", "text-independent"],
 )
 def test_cuda_graphs_train_as_eager_steps_do(tmp_path, overrides):
     for name, graphs in ("eager", "false"), ("graphed", "true"):
