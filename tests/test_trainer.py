@@ -47,6 +47,7 @@ def load(path):
         ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 7),  # mid-epoch
         ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # in the second epoch
         ([*TINY_TEXT, *GRADIENT_FLOW, "trainer.max_steps=20", "trainer.eval_interval=5"], 20),  # the last step, a validation due
+        ([*TINY_TEXT, "data.segments=independent", "trainer.max_steps=20", "trainer.eval_interval=5"], 14),  # shuffled segments
         ([*TINY_TEXT, *GRADIENT_FLOW, "model=lnlstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # dropout draws too
         ([*TINY_TEXT, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4),  # torch's fused LSTM
         pytest.param([*TINY, "trainer.device=cuda"], 4, marks=NEEDS_CUDA),  # the CUDA generator is saved too
@@ -55,7 +56,7 @@ def load(path):
         pytest.param([*TINY_TEXT, *CUDA_GRAPHS, "model=lstm", "model.num_layers=2", "model.dropout=0.5"], 4, marks=NEEDS_CUDA),
     ],
     ids=[
-        "seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "lnlstm-dropout", "lstm-dropout",
+        "seqmnist", "text-mid-epoch", "text-second-epoch", "text-last-step", "text-independent", "lnlstm-dropout", "lstm-dropout",
         "cuda", "cuda-graphs", "cuda-graphs-text", "cuda-graphs-lstm-dropout",
     ],
 )
