@@ -47,7 +47,7 @@ def write_final(run_dir: Path, mean_h: torch.Tensor, var_h: torch.Tensor) -> Non
     torch.save({"model": model, "config": cfg}, run_dir / "final.pt")
 
 
-def test_the_table_gives_each_statistics_distance_from_the_last_timestep_and_when_it_settles(tmp_path, monkeypatch, capsys):
+def test_the_table_gives_how_far_each_statistic_is_from_its_last_timestep_and_when_it_settles(tmp_path, monkeypatch, capsys):
     """A mean 2 (2^-t - 2^-7) standard deviations from its last value (0.23 at t = 3, 0.11 at
     t = 4, 0.05 at t = 5), a variance twice the last one until t = 2: settled below 0.1 from
     t = 5 and t = 3."""

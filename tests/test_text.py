@@ -85,7 +85,7 @@ def test_independent_training_segments_are_the_split_cut_at_an_offset_in_a_rando
     assert torch.equal(targets, inputs + 1)  # each target is the next character
     starts = inputs[:, 0]
     offset = int(starts.min()) % 7
-    assert offset < 7 and torch.equal((starts - offset) % 7, torch.zeros_like(starts))  # on one grid of 7
+    assert torch.equal((starts - offset) % 7, torch.zeros_like(starts))  # on one grid of 7
     assert len(set(starts.tolist())) == len(starts)  # no segment twice
     assert len(batches) == (1000 - 1 - offset) // 7 // 4  # whole batches of the whole segments
     assert not torch.equal(starts, starts.sort().values)  # shuffled
