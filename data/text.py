@@ -127,7 +127,7 @@ class CharCorpus:
     def _shuffled_segments(self, data: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """The consecutive segments of ``data`` in a random order, ``batch_size`` at a time
         (whole batches only): segment k reads characters k*L .. k*L + L - 1 and predicts the
-        next L, so every character but the first is a target once."""
+        next L, so no character is a target twice."""
         length = self.segment_length
         segments = (len(data) - 1) // length
         order = torch.randperm(segments, generator=generator)[: segments // batch_size * batch_size]
