@@ -1,28 +1,21 @@
 """scripts/archive_runs.py, in process on runs of the trainer's tiny data (the ``tiny_data`` fixture); and the
 records it archived in docs/runs."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, stopped_run
+from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, load_script, run_script, stopped_run
 
 from rbn.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "archive_runs.py"
 
 
 def archive_runs(monkeypatch, *args: str) -> None:
-    spec = importlib.util.spec_from_file_location("archive_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["archive_runs.py", *map(str, args)])
-    module.main()
+    run_script(monkeypatch, load_script("archive_runs"), *args)
 
 
 def events(run_dir: Path) -> EventAccumulator:

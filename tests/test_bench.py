@@ -5,7 +5,6 @@ rbn.BNLSTM computes, so that their times compare. Bad options are one-line error
 anything is timed."""
 
 import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_helpers import load_script
 
 import rbn
 from conftest import NEEDS_INTERPRETER
@@ -41,10 +41,7 @@ def tiny_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
 @functools.cache
 def bench_module():
     """scripts/bench.py imported in this process, for what needs no subprocess."""
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench")
 
 
 def port_style_bnlstm(*args, **kwargs) -> torch.nn.Module:

@@ -1,19 +1,16 @@
 """scripts/compare.py in process, on runs written here: results.json and events as the trainer
 writes them, with values chosen so that every mean can be checked."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from trainer_helpers import TINY_TEXT, compose_config, stopped_run
+from trainer_helpers import TINY_TEXT, compose_config, load_script, run_script, stopped_run
 
 from rbn.trainer import comparison_charts
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare.py"
 
 
 def write_run(
@@ -40,14 +37,11 @@ def write_run(
 
 def compare(monkeypatch, *args: str) -> list:
     """Runs compare.py; returns the figures it drew."""
-    spec = importlib.util.spec_from_file_location("compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("compare")
     figures = []
     close = module.plt.close
     monkeypatch.setattr(module.plt, "close", lambda figure: figures.append(figure) or close(figure))
-    monkeypatch.setattr(sys, "argv", ["compare.py", *args])
-    module.main()
+    run_script(monkeypatch, module, *args)
     return figures
 
 

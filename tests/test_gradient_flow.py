@@ -3,9 +3,7 @@ explicit nn.LSTMCell loops; scripts/gradient_flow.py in process on tiny data (th
 ``tiny_data`` fixture)."""
 
 import csv
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trainer_helpers import tiny_mnist
+from trainer_helpers import load_script, run_script, tiny_mnist
 
 import data
 import rbn
@@ -140,20 +138,11 @@ def test_bn_lstm_with_gains_of_one_amplifies_early_gradients_that_gains_of_a_ten
     assert first_over_last(1.0) > 1 > first_over_last(0.1)
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gradient_flow.py"
 TINY_RUN = ["--pool", "7", "--seeds", "2", "--batches", "2", "--batch-size", "4", "--hidden-size", "4"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("gradient_flow", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def gradient_flow(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["gradient_flow.py", *args])
-    load_script().main()
+    run_script(monkeypatch, load_script("gradient_flow"), *args)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +180,7 @@ def test_the_script_writes_a_png_and_a_norm_per_model_gamma_and_step(tiny_run):
 @pytest.mark.usefixtures("tiny_data")
 def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_mode(tiny_run):
     written = [norm for _, norm in read_curves(tiny_run / "flow.csv")["bnlstm", "1.0"]]
-    script = load_script()
+    script = load_script("gradient_flow")
     cfg = script.model_config("bnlstm", steps=16, hidden_size=4, gamma=1.0)
     dataset = build_dataset(cfg)
     batches = dataset.batches("train", 4, generator=torch.Generator().manual_seed(0))
@@ -248,7 +237,7 @@ def test_missing_mnist_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0, 1.5])
 def test_the_tanh_panel_matches_sampling(sigma):
-    mean, lower, upper = load_script().tanh_derivative_statistics(np.array([sigma]))
+    mean, lower, upper = load_script("gradient_flow").tanh_derivative_statistics(np.array([sigma]))
     x = sigma * torch.randn(1_000_000, dtype=torch.float64)
     derivative = 1 - x.tanh().square()
     assert mean[0] == pytest.approx(derivative.mean().item(), abs=2e-3)

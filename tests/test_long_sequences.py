@@ -1,23 +1,20 @@
 """scripts/long_sequences.py, in process on the trainer's tiny corpus (``tiny_text``: test
 streams of 34 characters at batch size 4), with runs trained on segments of 8."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from trainer_helpers import TINY, TINY_TEXT, compose_config, script_error, tiny_mnist, tiny_text
+from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error, tiny_mnist, tiny_text
 
 import data
 import rbn.trainer
 from rbn.config import to_dict
 from rbn.trainer import Trainer, build_dataset, build_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "long_sequences.py"
 MODELS = ("bnlstm", "lstm", "lnlstm")
 TRAINING_LENGTH = 8
 
@@ -47,11 +44,7 @@ def in_tmp_path(tmp_path, monkeypatch):
 
 def long_sequences(monkeypatch, capsys, *args) -> list[str]:
     """The script's printed lines."""
-    spec = importlib.util.spec_from_file_location("long_sequences", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["long_sequences.py", *map(str, args)])
-    module.main()
+    run_script(monkeypatch, load_script("long_sequences"), *args)
     return capsys.readouterr().out.splitlines()
 
 

@@ -1,28 +1,20 @@
 """scripts/population_gap.py, in process on the trainer's tiny data (the ``tiny_data`` fixture)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import TINY, compose_config, script_error
+from trainer_helpers import TINY, compose_config, load_script, run_script, script_error
 
 import data
 from rbn.config import to_dict
 from rbn.trainer import Trainer, build_dataset, build_model
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "population_gap.py"
 
 
 def population_gap(monkeypatch, capsys, *args: str) -> list[str]:
-    spec = importlib.util.spec_from_file_location("population_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["population_gap.py", *args])
-    module.main()
+    run_script(monkeypatch, load_script("population_gap"), *args)
     return capsys.readouterr().out.splitlines()
 
 

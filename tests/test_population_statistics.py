@@ -1,27 +1,20 @@
 """scripts/population_statistics.py, on the final.pt of tiny runs and on final.pt files whose
 statistics are written by hand."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import TINY, TINY_TEXT, compose_config, script_error
+from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error
 
 from rbn.config import to_dict
 from rbn.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "population_statistics.py"
 
 
 def population_statistics(monkeypatch, capsys, *args) -> list[str]:
-    spec = importlib.util.spec_from_file_location("population_statistics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["population_statistics.py", *map(str, args)])
-    module.main()
+    run_script(monkeypatch, load_script("population_statistics"), *args)
     return capsys.readouterr().out.splitlines()
 
 

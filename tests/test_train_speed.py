@@ -1,28 +1,21 @@
 """scripts/train_speed.py, in process on the trainer's tiny data (the ``tiny_data`` fixture)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from trainer_helpers import load_script, run_script
 
 from rbn.config import Backend
 from rbn.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_speed.py"
 TINY = ["model.hidden_size=4", "trainer.batch_size=4"]
 TINY_TEXT = ["experiment=shakespeare", "data.segment_length=8", *TINY]  # 12 steps per epoch
 
 
 def train_speed(monkeypatch, *args: str) -> None:
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["train_speed.py", *args])
-    module.main()
+    run_script(monkeypatch, load_script("train_speed"), *args)
 
 
 def test_a_variant_gives_its_speed_and_the_whole_runs_estimate(tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
-"""Configs and tiny in-memory datasets for the trainer's tests."""
+"""Configs and tiny in-memory datasets for the trainer's tests, and the scripts run in process."""
 
+import importlib.util
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from data.text import build_corpus
 from rbn.trainer import Trainer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 # Small enough for milliseconds per step; every trainer feature still runs.
 TINY = [
@@ -66,6 +69,20 @@ def stopped_run(cfg, run_dir: Path, monkeypatch, step: int, signum: int = signal
         interrupt_at(patch, step, signum)
         Trainer(cfg, run_dir).run()
     return stopped.value.code
+
+
+def load_script(name: str):
+    """scripts/<name>.py, imported afresh in this process."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(monkeypatch, module, *args) -> None:
+    """A script's ``main()`` with these command-line arguments."""
+    monkeypatch.setattr(sys, "argv", [Path(module.__file__).name, *map(str, args)])
+    module.main()
 
 
 def script_error(run, capsys, script: str) -> str:
