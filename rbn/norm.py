@@ -194,9 +194,9 @@ class SequenceBatchNorm(_BatchNorm):
     def keep_batch_statistics(self, mean: Tensor, var: Tensor, first_step: int = 0) -> None:
         """Keeps the batch statistics of a whole sequence, (T, C), the variance unbiased: what
         ``step`` keeps one step at a time, for ``update_running_stats`` to fold in."""
-        tracked = max(min(len(mean), self.max_length - first_step), 0)
-        self.batch_mean[first_step : first_step + tracked] = mean[:tracked]
-        self.batch_var[first_step : first_step + tracked] = var[:tracked]
+        rows = self._own_rows(first_step, len(mean))
+        self.batch_mean[rows] = mean[: rows.stop - rows.start]
+        self.batch_var[rows] = var[: rows.stop - rows.start]
 
     def population_statistics(self, steps: int, device: torch.device, first_step: int = 0) -> tuple[Tensor, Tensor]:
         """The running mean and variance that ``step`` normalizes a sequence's ``steps``
@@ -206,9 +206,15 @@ class SequenceBatchNorm(_BatchNorm):
 
     def update_running_stats(self, batch_sizes: list[int], first_step: int = 0) -> None:
         """Folds in the statistics that ``step`` gathered over a sequence (training mode)."""
-        tracked = sum(1 for n in batch_sizes[: max(self.max_length - first_step, 0)] if n > 1)
+        own = self._own_rows(first_step, len(batch_sizes))
+        tracked = sum(1 for n in batch_sizes[: own.stop - own.start] if n > 1)
         rows = slice(first_step, first_step + tracked)
         self._accumulate(self.batch_mean[rows], self.batch_var[rows], first_step)
+
+    def _own_rows(self, first_step: int, steps: int) -> slice:
+        """The rows of ``steps`` timesteps from ``first_step`` that have statistics of their
+        own: those below max_length (later timesteps keep none)."""
+        return slice(first_step, max(first_step, min(first_step + steps, self.max_length)))
 
     def _rows(self, timesteps: range, device: torch.device) -> Tensor:
         return torch.arange(timesteps.start, timesteps.stop, device=device).clamp(max=self.max_length - 1)
@@ -217,11 +223,11 @@ class SequenceBatchNorm(_BatchNorm):
     def _accumulate(self, mean: Tensor, var: Tensor, first_step: int) -> None:
         """running <- running + weight * (batch - running) for len(mean) timesteps from
         ``first_step``, those below max_length."""
-        tracked = max(min(len(mean), self.max_length - first_step), 0)
+        rows = self._own_rows(first_step, len(mean))
+        tracked = rows.stop - rows.start
         if tracked == 0:
             return
         mean, var = mean[:tracked], var[:tracked]
-        rows = slice(first_step, first_step + tracked)
         count = self.num_batches_tracked[rows]
         count += 1
         if self.momentum is None:  # cumulative average, as update_bn asks for
