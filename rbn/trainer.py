@@ -97,6 +97,15 @@ def read_checkpoint(path: Path, keys: set[str], kind: str) -> dict[str, Any]:
     return checkpoint
 
 
+def read_final(run_dir: Path) -> dict[str, Any]:
+    """A finished run's final.pt: the model as tested and its config; a one-line RunError for
+    a run without one."""
+    path = run_dir / "final.pt"
+    if not path.is_file():
+        raise RunError(f"{path} does not exist: {run_dir} is not a finished run")
+    return read_checkpoint(path, {"model", "config"}, "a final.pt of rbn's trainer")
+
+
 def load_parameters(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
     """Loads the parameters of ``checkpoint``, read from ``path``, into ``model``; where they do
     not fit, a one-line RunError with the first misfit (a saved config may build a model of

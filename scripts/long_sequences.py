@@ -45,7 +45,7 @@ from rbn.trainer import (  # noqa: E402
     build_dataset,
     build_model,
     load_parameters,
-    read_checkpoint,
+    read_final,
     using_batch_statistics,
 )
 from scripts import arguments  # noqa: E402
@@ -60,10 +60,7 @@ class UnreadableRun(Exception):
 def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCorpus, torch.nn.Module]:
     """The run's config, its corpus (cut at the training length) and its model with final.pt's
     parameters, built now so that a run that cannot be evaluated is refused before any is measured."""
-    path = run_dir / "final.pt"
-    if not path.is_file():
-        raise UnreadableRun(f"{path} does not exist: {run_dir} is not a finished run")
-    final = read_checkpoint(path, {"model", "config"}, "a final.pt of rbn's trainer")
+    final = read_final(run_dir)
     cfg = OmegaConf.create(final["config"])
     try:
         corpus = build_dataset(cfg)
@@ -78,7 +75,7 @@ def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCo
             f"--lengths {longest} is longer than the test streams of {run_dir} ({stream} characters at batch size {batch_size})"
         )
     model = build_model(cfg, corpus)
-    load_parameters(model, final, path)
+    load_parameters(model, final, run_dir / "final.pt")
     return run_dir, cfg, corpus, model
 
 

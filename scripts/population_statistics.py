@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rbn.trainer import RunError, read_checkpoint  # noqa: E402
+from rbn.trainer import RunError, read_final  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 # The paper's panels: (normalization, what it normalizes).
@@ -42,10 +42,7 @@ PERCENTILE = 0.9
 def load_statistics(run_dir: Path, layer: int) -> tuple[dict[str, dict[str, Tensor]], int]:
     """{term: {"mean": (T, C), "var": (T, C)}} of one layer (its forward direction), and its
     max_length; a one-line RunError for a run that has none."""
-    path = run_dir / "final.pt"
-    if not path.is_file():
-        raise RunError(f"{path} does not exist: {run_dir} is not a finished run")
-    final = read_checkpoint(path, {"model", "config"}, "a final.pt of rbn's trainer")
+    final = read_final(run_dir)
     model = final["config"]["model"]
     if model["name"] != "bnlstm":
         raise RunError(f"{run_dir} holds a {model['name']} model, which has no batch normalization")
