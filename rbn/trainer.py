@@ -82,6 +82,9 @@ CHECKPOINT_KEYS = {"model", "optimizer", "progress", "rng", "carry", "permutatio
 # The trainer's options that change what is trained: a resumed attempt must keep them (an epoch's
 # position is counted in batches). The others (device, limits, intervals, logging) may change.
 TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
+# The layer's options that choose how it computes, not what (the Triton kernels and a compiled
+# step compute what the eager loop does): a run started eagerly may go on with the kernels.
+IMPLEMENTATION_OPTIONS = ("backend", "compile")
 START_OVER = "move the run directory away to start this run over"
 
 
@@ -132,10 +135,12 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's config (``to_dict``'s) that every attempt of the run must share:
-    all of it but where the data are and the trainer's options outside TRAINING_OPTIONS."""
+    all of it but where the data are, the layer's IMPLEMENTATION_OPTIONS and the trainer's
+    options outside TRAINING_OPTIONS."""
     data = {key: value for key, value in config["data"].items() if key not in ("root", "download")}
+    model = {key: value for key, value in config["model"].items() if key not in IMPLEMENTATION_OPTIONS}
     trainer = {key: config["trainer"].get(key) for key in TRAINING_OPTIONS}
-    return {**config, "data": data, "trainer": trainer}
+    return {**config, "data": data, "model": model, "trainer": trainer}
 
 
 def build_dataset(cfg: DictConfig, permutation: Tensor | None = None):

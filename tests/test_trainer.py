@@ -392,6 +392,13 @@ def test_the_trainers_options_may_change_on_resume(tmp_path):
     assert load(tmp_path / "last.pt")["progress"]["step"] == 8
 
 
+@pytest.mark.parametrize("implementation", ["model.backend=eager", "model.compile=true"])
+def test_a_run_may_go_on_with_another_implementation_of_its_layer(tmp_path, implementation):
+    """As when a run started eagerly goes on with the Triton kernels on the next machine."""
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    assert Trainer(compose_config(*TINY_TEXT, implementation), tmp_path).progress.step == 3
+
+
 def test_another_model_in_a_run_directory_names_what_it_lacks(tmp_path):
     Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
     with pytest.raises(RunError, match=r"model.max_length: None -> \(absent\)"):
