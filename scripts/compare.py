@@ -15,7 +15,8 @@ Writes to DIR (default: the one ROOT; required with several):
   ``last.pt``: the epoch and step reached, the best validation so far, the time so far;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
-  steps, one line per group, the mean over its seeds.
+  steps, one line per group, the mean over its seeds; and a dashed line for each run not
+  finished, up to where it stands.
 
     python scripts/compare.py results/shakespeare
     python scripts/compare.py results/lr1e-3 results/lr2e-3 --out results/lr
@@ -109,7 +110,8 @@ def unfinished_runs(root: Path) -> list[dict]:
             continue
         trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
         runs.append({
-            "dir": path.parent, "status": status, "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
+            "dir": path.parent, "data": checkpoint["config"]["data"]["name"], "status": status,
+            "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
             **{key: progress[key] for key in ("epoch", "step", "best", "best_step", "train_seconds")},
             "devices": progress.get("devices", []),
         })
@@ -218,24 +220,26 @@ def mean_curve(curves: list[dict[int, float]]) -> tuple[list[int], list[float]]:
     return steps, [statistics.mean(curve[step] for curve in curves) for step in steps]
 
 
-def plot(data: str, groups: dict[str, list[dict]], path: Path) -> None:
+def plot(data: str, groups: dict[str, list[dict]], unfinished: dict[str, dict], path: Path) -> None:
     """One panel per comparison chart; a group's color is the same in every panel, its
-    training curve thin and its validation curve marked."""
-    metric = metric_of(next(iter(groups.values()))[0])
-    charts = comparison_charts(metric)
+    training curve thin and its validation curve marked. A run not finished is a dashed line
+    of its own, labelled by its directory."""
+    lines = [(f"{label} ({len(runs)})", [scalars(run["dir"]) for run in runs], "-") for label, runs in sorted(groups.items())]
+    lines += [(f"{name} (not finished)", [scalars(run["dir"])], "--") for name, run in sorted(unfinished.items())]
+    logged = {tag for _, run_scalars, _ in lines for values in run_scalars for tag in values}
+    charts = comparison_charts("accuracy" if "train/accuracy" in logged else "bpc")
     figure, panels = plt.subplots(1, len(charts), figsize=(4.5 * len(charts), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, (label, runs) in enumerate(sorted(groups.items())):
-        run_scalars = [scalars(run["dir"]) for run in runs]
+    for index, (label, run_scalars, linestyle) in enumerate(lines):
         for axes, tags in zip(panels[0], charts.values()):
             for tag in tags:
                 curves = [values[tag] for values in run_scalars if tag in values]
-                if len(curves) < len(runs):
-                    continue  # a tag some runs lack (older runs) would not average over the group
+                if len(curves) < len(run_scalars):
+                    continue  # a tag some runs lack (older runs, a run not yet logged) would not average
                 steps, values = mean_curve(curves)
                 validation = tag.startswith("valid/")
                 axes.plot(steps, values, color=colors[index % len(colors)], marker="." if validation else None,
-                          linewidth=1.5 if validation else 0.8, label=f"{label} ({len(runs)}) {tag.split('/')[0]}")
+                          linewidth=1.5 if validation else 0.8, linestyle=linestyle, label=f"{label} {tag.split('/')[0]}")
     for axes, title in zip(panels[0], charts):
         axes.set(title=title, xlabel="step", ylabel=METRICS.get(title, title))
         axes.grid(alpha=0.3)
@@ -273,10 +277,12 @@ def main() -> None:
         sections.append(unfinished_table(unfinished))
     report = "\n".join(sections)
     (out / "compare.md").write_text(f"# Runs under {', '.join(map(str, args.roots))}\n\n{report}")
-    for data in sorted(groups):
-        plot(data, groups[data], out / f"curves_{data}.png")
+    datasets = sorted(set(groups) | {run["data"] for run in unfinished.values()})
+    for data in datasets:
+        stopped = {name: run for name, run in unfinished.items() if run["data"] == data}
+        plot(data, groups.get(data, {}), stopped, out / f"curves_{data}.png")
     print(report)
-    print(f"wrote {out / 'compare.md'} and {len(groups)} curve file(s)")
+    print(f"wrote {out / 'compare.md'} and {len(datasets)} curve file(s)")
 
 
 if __name__ == "__main__":

@@ -195,8 +195,20 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
 
 
 @pytest.mark.usefixtures("tiny_data")
-def test_a_sweep_with_no_finished_run_yet_gets_its_table_of_where_runs_stand(tmp_path, monkeypatch):
+def test_a_sweep_with_no_finished_run_yet_gets_its_table_and_curves_of_where_runs_stand(tmp_path, monkeypatch):
     stopped_progress(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
-    figures = compare(monkeypatch, str(tmp_path / "s"))
+    compare(monkeypatch, str(tmp_path / "s"))
     assert "| model=bnlstm | not finished | 1 / 2 | 2 / 6 |  | " in (tmp_path / "s" / "compare.md").read_text()
-    assert figures == []
+    assert (tmp_path / "s" / "curves_shakespeare.png").stat().st_size > 0
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_run_not_finished_is_a_dashed_line_of_its_own_up_to_where_it_stands(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    stopped_progress(tmp_path / "s" / "model=bnlstm,seed=1", monkeypatch, 4)
+    (figure,) = compare(monkeypatch, str(tmp_path / "s"))
+    (bpc,) = [axes for axes in figure.axes if axes.get_title() == "bpc"]
+    lines = {line.get_label(): line for line in bpc.get_lines()}
+    stopped = lines["model=bnlstm,seed=1 (not finished) valid"]
+    assert stopped.get_linestyle() == "--" and list(stopped.get_xdata()) == [3]  # validated at 3 of 6
+    assert lines["bnlstm (1) valid"].get_linestyle() == "-"
