@@ -689,7 +689,7 @@ class Trainer:
             log.info(
                 "step %d/%d epoch %d train %s | %.2f steps/s | ETA %s",
                 step, self._total_steps, self.progress.epoch + 1, _format(summary), steps_per_second,
-                time.strftime("%H:%M:%S", time.gmtime(remaining)),
+                format_duration(remaining),
             )
         self._interval = _Interval(Metrics(self.task), step)
 
@@ -915,6 +915,13 @@ def epoch_length(dataset, batch_size: int) -> int:
     if dataset.task == "classification":
         return math.ceil(len(dataset) / batch_size)
     return max((len(dataset) - 1) // (batch_size * dataset.segment_length), 1)
+
+
+def format_duration(seconds: float) -> str:
+    """A time left as 17:44:29, or 4d 02:26:25 from a day on (a run on a CPU takes days)."""
+    days, rest = divmod(round(seconds), 86400)
+    clock = f"{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
 
 
 def _format(metrics: dict[str, float]) -> str:

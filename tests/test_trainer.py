@@ -28,7 +28,9 @@ from trainer_helpers import (
 import data
 import rbn
 from data.text import build_corpus
-from rbn.trainer import RunError, Trainer, build_dataset, build_model, epoch_seed, submitit_preemption_signal
+from rbn.trainer import (
+    RunError, Trainer, build_dataset, build_model, epoch_seed, format_duration, submitit_preemption_signal,
+)
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -390,6 +392,11 @@ def test_the_trainers_options_may_change_on_resume(tmp_path):
     assert resumed.progress.step == 6
     resumed.fit()
     assert load(tmp_path / "last.pt")["progress"]["step"] == 8
+
+
+@pytest.mark.parametrize("seconds, shown", [(0, "00:00:00"), (63869.4, "17:44:29"), (354385, "4d 02:26:25")])
+def test_the_time_left_counts_days_beyond_24_hours(seconds, shown):
+    assert format_duration(seconds) == shown
 
 
 @pytest.mark.parametrize("implementation", ["model.backend=eager", "model.compile=true"])
