@@ -86,6 +86,7 @@ TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
 # step compute what the eager loop does): a run started eagerly may go on with the kernels.
 IMPLEMENTATION_OPTIONS = ("backend", "compile")
 START_OVER = "move the run directory away to start this run over"
+REPEATED_SIGNAL_SECONDS = 1.0  # a second stop signal this soon after the first is the same request
 
 
 def read_checkpoint(path: Path, keys: set[str], kind: str) -> dict[str, Any]:
@@ -867,10 +868,13 @@ class Trainer:
     def _stop_on_signals(self) -> Iterator[None]:
         """The first Ctrl-C or SIGTERM (what `timeout`, SLURM and Kubernetes send before they
         kill) asks to stop after the current step; a second signal acts as it would without
-        the trainer, at once. SIGTERM stays with a handler that is already there (submitit's
-        ignores it). Under submitit, whose handler of its preemption signal requeues the job
-        and exits at once, that signal asks to stop too, and its handler gets it after last.pt
-        is saved: the requeued job loses no step."""
+        the trainer, at once. Signals within REPEATED_SIGNAL_SECONDS of the first are that same
+        request, sent twice: SLURM signals every process of a job, so a wrapper such as
+        `timeout` passes the run a second copy, as it does when `pkill -f` matches both.
+        SIGTERM stays with a handler that is already there (submitit's ignores it). Under
+        submitit, whose handler of its preemption signal requeues the job and exits at once,
+        that signal asks to stop too, and its handler gets it after last.pt is saved: the
+        requeued job loses no step."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -880,12 +884,19 @@ class Trainer:
         preemption = submitit_preemption_signal()
         if preemption is not None and preemption not in signals and callable(signal.getsignal(preemption)):
             signals.append(preemption)
+        first_signal_at = None
 
         def request_stop(signum, frame) -> None:
+            nonlocal first_signal_at
+            if first_signal_at is not None:
+                if time.monotonic() - first_signal_at >= REPEATED_SIGNAL_SECONDS:
+                    restore()
+                    signal.raise_signal(signum)  # now to the handler it would have had
+                return
+            first_signal_at = time.monotonic()
             self.stop_signal = signum
             if signum == preemption:
                 self.hand_over = previous[signum]
-            restore()
             log.warning("%s: stopping after this step (send it again to stop at once, without a checkpoint)",
                         signal.Signals(signum).name)
 

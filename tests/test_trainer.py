@@ -212,18 +212,35 @@ def test_ctrl_c_during_the_last_validation_stops_the_run_before_its_final_evalua
     assert Trainer(cfg, tmp_path).run()["status"] == "finished"
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+def signal_twice_at_step(monkeypatch, step: int, signum: int) -> None:
+    """Sends ``signum`` twice in a row to this process while training step ``step`` runs."""
     train_step = Trainer._train_step
 
-    def interrupt_twice(self, *args):
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)
+    def signal_twice(self, *args):
+        if self.progress.step == step - 1:
+            signal.raise_signal(signum)
+            signal.raise_signal(signum)
         train_step(self, *args)
 
-    monkeypatch.setattr(Trainer, "_train_step", interrupt_twice)
+    monkeypatch.setattr(Trainer, "_train_step", signal_twice)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(rbn.trainer, "REPEATED_SIGNAL_SECONDS", 0.0)  # the second comes after the first's copies
+    signal_twice_at_step(monkeypatch, 1, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_a_signal_sent_twice_at_once_is_one_request_to_stop_after_the_step(tmp_path, monkeypatch):
+    """As when SLURM sends SIGTERM to both `timeout` and the run, and `timeout` passes its copy
+    on. SIGINT here: the same handler, and a failure raises rather than kills the test runner."""
+    signal_twice_at_step(monkeypatch, 2, signal.SIGINT)
+    with pytest.raises(SystemExit) as stopped:
+        Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    assert stopped.value.code == 130
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 2
 
 
 def test_results_name_every_device_the_run_trained_on_and_add_up_its_attempts_times(tmp_path, monkeypatch):
