@@ -746,6 +746,20 @@ def test_the_gradient_flow_changes_no_parameter_gradient_statistic_or_random_sta
         assert torch.equal(parameter.grad, grad)
 
 
+def test_the_gradient_flow_sees_the_h0_noise_that_training_adds(tmp_path, monkeypatch):
+    """Images black but for their last pixels: without the noise, every image has the same
+    state until then, the batch variance of W_h h is zero, and BN's gradient explodes back
+    through those steps, which no training step sees."""
+    trainer = Trainer(compose_config(*TINY, *GRADIENT_FLOW, "model.h0_noise_std=0.1"), tmp_path)
+    images, labels = next(iter(trainer.dataset.batches("valid", 4)))
+    images[:, :-8] = 0.0
+    monkeypatch.setattr(trainer.dataset, "batches", lambda split, batch_size: iter([(images, labels)]))
+    logged = {}
+    monkeypatch.setattr(trainer.writer, "add_scalar", lambda tag, value, step: logged.setdefault(tag, value))
+    trainer._log_gradient_flow(step=1)
+    assert abs(logged["gradient_flow/log10_first_over_last"]) < 3
+
+
 def test_the_gradient_flow_can_be_turned_off(tmp_path):
     Trainer(compose_config(*TINY, "trainer.gradient_flow=false"), tmp_path).fit()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
