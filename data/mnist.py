@@ -89,6 +89,7 @@ class SequentialMNIST:
 
     task = "classification"
     carries_state = False  # each image is a sequence of its own
+    evaluation_continues_time = False
     input_size = 1
     num_classes = 10
     max_length = PIXELS

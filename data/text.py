@@ -60,8 +60,9 @@ def bits_per_character(mean_nll: float) -> float:
 
 class CharCorpus:
     """A character corpus with the interface the trainer uses: ``batches(split, batch_size,
-    generator=None)`` yielding (inputs (B, L), targets (B, L)) of symbol ids, and
-    ``carries_state``: whether training carries the state from batch to batch."""
+    generator=None)`` yielding (inputs (B, L), targets (B, L)) of symbol ids,
+    ``carries_state``: whether training carries the state from batch to batch, and
+    ``evaluation_continues_time``: whether evaluation batches continue each other's timesteps."""
 
     task = "language_model"
 
@@ -80,6 +81,13 @@ class CharCorpus:
     @property
     def carries_state(self) -> bool:
         return self.segments == "streams"
+
+    @property
+    def evaluation_continues_time(self) -> bool:
+        """After independent segments from h_0, each evaluation stream is read as one sequence,
+        as the paper tests; after streams, as training read them: the state carried into each
+        segment, its timesteps counted from 0."""
+        return not self.carries_state
 
     @property
     def vocab_size(self) -> int:

@@ -531,10 +531,6 @@ class Trainer:
         self.model.eval()
         metrics = Metrics(self.task)
         state, first_step = None, 0
-        # A language model trained on independent segments from h_0 reads each stream as one
-        # sequence, as the paper tests; one trained on streams reads segments as it trained,
-        # the state carried into each and its timesteps counted from 0.
-        continues_time = self.task == "language_model" and not self.dataset.carries_state
         batches = itertools.islice(self.dataset.batches(split, self.cfg.trainer.batch_size), self.cfg.trainer.limit_eval_batches)
         with self._autocast(), using_batch_statistics(self._batch_norms() if batch_statistics else []):
             for inputs, targets in batches:
@@ -543,7 +539,7 @@ class Trainer:
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 logits, loss, state = self._forward(inputs, targets, state, first_step)
                 metrics.add(logits, targets, loss)
-                if continues_time:
+                if self.dataset.evaluation_continues_time:
                     first_step += inputs.shape[1]
         return metrics.summary()
 

@@ -88,7 +88,7 @@ def bpc_on_test_split(
     trainer's evaluation batches with another segment length), each sequence from a zero
     state unless ``carry_state``, which reads the streams as the trainer's evaluation does."""
     sequences = data.CharCorpus(corpus.vocab, corpus.splits, length)
-    continues_time = carry_state and not corpus.carries_state
+    continues_time = carry_state and corpus.evaluation_continues_time
     metrics = Metrics("language_model")
     state, first_step = None, 0
     for inputs, targets in itertools.islice(sequences.batches("test", batch_size), limit_batches):

@@ -109,6 +109,10 @@ def test_only_streams_carry_the_state_from_batch_to_batch():
     assert corpus(segments="streams").carries_state and not corpus(segments="independent").carries_state
 
 
+def test_evaluation_continues_time_only_after_independent_segments():
+    assert corpus(segments="independent").evaluation_continues_time and not corpus(segments="streams").evaluation_continues_time
+
+
 def test_an_unknown_way_to_cut_segments_is_refused():
     with pytest.raises(ValueError, match="segments must be one of independent, streams; got 'overlapping'"):
         corpus(segments="overlapping")
