@@ -876,8 +876,8 @@ class Trainer:
         """The first Ctrl-C or SIGTERM (what `timeout`, SLURM and Kubernetes send before they
         kill) asks to stop after the current step; a second signal acts as it would without
         the trainer, at once. Signals within REPEATED_SIGNAL_SECONDS of the first are that same
-        request, sent twice: SLURM signals every process of a job, so a wrapper such as
-        `timeout` passes the run a second copy, as it does when `pkill -f` matches both.
+        request, sent twice: `pkill -f train.py` matches both a `timeout` wrapper and the run, and
+        `timeout` passes its copy on, as it would from any sender that signals a whole job.
         SIGTERM stays with a handler that is already there (submitit's ignores it). Under
         submitit, whose handler of its preemption signal requeues the job and exits at once,
         that signal asks to stop too, and its handler gets it after last.pt is saved: the

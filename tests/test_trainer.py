@@ -234,8 +234,8 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
 
 
 def test_a_signal_sent_twice_at_once_is_one_request_to_stop_after_the_step(tmp_path, monkeypatch):
-    """As when SLURM sends SIGTERM to both `timeout` and the run, and `timeout` passes its copy
-    on. SIGINT here: the same handler, and a failure raises rather than kills the test runner."""
+    """As when `pkill -f` sends SIGTERM to both `timeout` and the run, and `timeout` passes its
+    copy on. SIGINT here: the same handler, and a failure raises rather than kills the test runner."""
     signal_twice_at_step(monkeypatch, 2, signal.SIGINT)
     with pytest.raises(SystemExit) as stopped:
         Trainer(compose_config(*TINY_TEXT), tmp_path).run()
