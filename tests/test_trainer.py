@@ -212,22 +212,9 @@ def test_ctrl_c_during_the_last_validation_stops_the_run_before_its_final_evalua
     assert Trainer(cfg, tmp_path).run()["status"] == "finished"
 
 
-def signal_twice_at_step(monkeypatch, step: int, signum: int) -> None:
-    """Sends ``signum`` twice in a row to this process while training step ``step`` runs."""
-    train_step = Trainer._train_step
-
-    def signal_twice(self, *args):
-        if self.progress.step == step - 1:
-            signal.raise_signal(signum)
-            signal.raise_signal(signum)
-        train_step(self, *args)
-
-    monkeypatch.setattr(Trainer, "_train_step", signal_twice)
-
-
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(rbn.trainer, "REPEATED_SIGNAL_SECONDS", 0.0)  # the second comes after the first's copies
-    signal_twice_at_step(monkeypatch, 1, signal.SIGINT)
+    interrupt_at(monkeypatch, 1, times=2)
     with pytest.raises(KeyboardInterrupt):
         Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert not (tmp_path / "last.pt").exists()
@@ -236,7 +223,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
 def test_a_signal_sent_twice_at_once_is_one_request_to_stop_after_the_step(tmp_path, monkeypatch):
     """As when `pkill -f` sends SIGTERM to both `timeout` and the run, and `timeout` passes its
     copy on. SIGINT here: the same handler, and a failure raises rather than kills the test runner."""
-    signal_twice_at_step(monkeypatch, 2, signal.SIGINT)
+    interrupt_at(monkeypatch, 2, times=2)
     with pytest.raises(SystemExit) as stopped:
         Trainer(compose_config(*TINY_TEXT), tmp_path).run()
     assert stopped.value.code == 130

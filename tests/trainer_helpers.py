@@ -50,13 +50,15 @@ def tiny_text(root=None, segment_length=100, segments="streams", download=True):
     return build_corpus({"train": text(90), "valid": text(30), "test": text(30)}, segment_length, segments)
 
 
-def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT) -> None:
-    """Sends Ctrl-C (SIGINT), or ``signum``, to this process while training step ``step`` runs."""
+def interrupt_at(monkeypatch, step: int, signum: int = signal.SIGINT, times: int = 1) -> None:
+    """Sends Ctrl-C (SIGINT), or ``signum``, to this process while training step ``step`` runs,
+    ``times`` times in a row."""
     train_step = Trainer._train_step
 
     def step_then_interrupt(self, *args):
         if self.progress.step == step - 1:
-            signal.raise_signal(signum)
+            for _ in range(times):
+                signal.raise_signal(signum)
         train_step(self, *args)
 
     monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
