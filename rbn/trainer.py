@@ -427,7 +427,8 @@ class Trainer:
                 progress.epoch += 1
                 progress.epoch_step = 0
                 self.carry = None  # the next epoch starts at a new offset: no continuity
-                if trainer.eval_interval is None:
+                # A step limit at an epoch's end validated there already, if a run trains on past it.
+                if trainer.eval_interval is None and progress.validated_step != progress.step:
                     self.validate()
                     self._stop_if_requested()
         if progress.validated_step != progress.step:

@@ -351,6 +351,16 @@ def test_a_finished_run_trains_on_when_its_step_limit_is_raised(tmp_path):
         assert torch.equal(extended["model"][name], value), name
 
 
+def test_a_step_limit_at_an_epochs_end_is_validated_once_when_the_run_trains_on(tmp_path, monkeypatch):
+    validated = []
+    validate = Trainer.validate
+    monkeypatch.setattr(Trainer, "validate", lambda self: (validated.append(self.progress.step), validate(self))[1])
+    epoch = ["trainer.eval_interval=null", "trainer.batch_size=4"]  # 12 training images: 3 steps an epoch
+    Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=3"), tmp_path).run()
+    Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=6"), tmp_path).run()
+    assert validated == [3, 6]
+
+
 def test_the_population_statistics_estimate_does_not_depend_on_what_drew_random_numbers_before(tmp_path):
     trainer = Trainer(compose_config(*TINY), tmp_path)  # BN-LSTM with h0 noise, which draws in training mode
     assert trainer.model.recurrent.h0_noise_std > 0
