@@ -378,8 +378,12 @@ class Trainer:
             log.info("%s has already finished; its results are in %s", self.run_dir, self.run_dir / "results.json")
             return previous
         if previous is not None:
-            log.info("%s finished at step %d; trainer.max_steps or max_epochs now go further: training on",
-                     self.run_dir, self.progress.step)
+            # Until it finishes again, the run is one in progress (to compare.py too); the results
+            # it had are kept beside it.
+            kept = self.run_dir / f"results-step{self.progress.step}.json"
+            (self.run_dir / "results.json").replace(kept)
+            log.info("%s finished at step %d; trainer.max_steps or max_epochs now go further: training on "
+                     "(its results so far are now %s)", self.run_dir, self.progress.step, kept.name)
         self._write_hparams_start()
         self._write_layout()
         try:

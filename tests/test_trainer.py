@@ -351,6 +351,14 @@ def test_a_finished_run_trains_on_when_its_step_limit_is_raised(tmp_path):
         assert torch.equal(extended["model"][name], value), name
 
 
+def test_a_finished_run_that_trains_on_keeps_its_earlier_results_aside_until_it_finishes_again(tmp_path, monkeypatch):
+    first = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=4"), tmp_path).run()
+    stopped_run(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path, monkeypatch, 6)
+    assert not (tmp_path / "results.json").exists()  # compare.py lists the run as not finished
+    assert json.loads((tmp_path / "results-step4.json").read_text()) == json.loads(json.dumps(first))
+    assert Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path).run()["step"] == 8
+
+
 def test_a_step_limit_at_an_epochs_end_is_validated_once_when_the_run_trains_on(tmp_path, monkeypatch):
     validated = []
     validate = Trainer.validate
