@@ -48,6 +48,8 @@ PAPER = {
     ("seqmnist", "lstm"): 0.989, ("seqmnist", "bnlstm"): 0.990, ("pmnist", "lstm"): 0.902, ("pmnist", "bnlstm"): 0.954,
     ("ptb_char", "lstm"): 1.38, ("ptb_char", "bnlstm"): 1.32, ("text8", "lstm"): 1.43, ("text8", "bnlstm"): 1.36,
 }
+# What a row reads of results.json's "run" (what train.py's Trainer._describe writes), and its types.
+RUN_DESCRIPTION = {"experiment": (str, type(None)), "model": str, "data": str, "seed": int, "overrides": list}
 # Overrides that choose what a row is (data, experiment, model) or repeat it (seed) are not part
 # of its label; the experiment is, from results.json, where a dataset's runs come from several.
 NOT_IN_LABEL = {"seed", "model", "data", "experiment"}
@@ -65,6 +67,30 @@ def results_or_none(path: Path) -> dict | None:
         return None
 
 
+def what_the_table_lacks(results: dict) -> str | None:
+    """What a finished run's results lack of what its row reads, or None."""
+    run = results.get("run")
+    if not (isinstance(run, dict) and all(isinstance(run.get(key), kind) for key, kind in RUN_DESCRIPTION.items())):
+        return f"its run description ({', '.join(RUN_DESCRIPTION)})"
+    test = results.get("test")
+    metric = "accuracy" if isinstance(test, dict) and "accuracy" in test else "bpc"
+    for split in ("test", "valid", "valid_batch_statistics"):
+        metrics = results.get(split)
+        if not (isinstance(metrics, dict) and _is_number(metrics.get(metric))):
+            return f"a number for its {split} {metric}"
+    times = [results.get(key, 0) for key in ("train_seconds", "wall_seconds")]  # older runs lack them
+    if not all(map(_is_number, [results.get("step"), *times])):
+        return "numbers for its step and times"
+    devices = results.get("devices", [])
+    if not (isinstance(devices, list) and all(isinstance(device, str) for device in devices)):
+        return "a list of the devices it ran on"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
     """The finished runs under ``root``, but not under ``outside``. A run met more than once
     (its records archived inside ``root`` by archive_runs.py: the same results.json) counts
@@ -79,8 +105,8 @@ def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
             continue
         if results["status"] != "finished":
             print(f"skipped {path.parent}: {results['status']}", file=sys.stderr)
-        elif "test" not in results or "run" not in results:
-            print(f"skipped {path}: finished, but without its test results or run description", file=sys.stderr)
+        elif (lacking := what_the_table_lacks(results)) is not None:
+            print(f"skipped {path}: finished, but without {lacking}", file=sys.stderr)
         else:
             copies.setdefault(path.read_bytes(), []).append(path.parent)
     runs = []

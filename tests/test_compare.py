@@ -163,8 +163,14 @@ def test_a_run_and_its_records_archived_inside_the_root_count_once(tmp_path, mon
 @pytest.mark.parametrize(
     "content, message",
     [("garbage{", "skipped: {path} is unreadable (JSONDecodeError)"), ("[1]", "skipped: {path} is not the results of a run"),
-     ('{"status": "finished"}', "skipped {path}: finished, but without its test results")],
-    ids=["not-json", "not-results", "no-test"],
+     ('{"status": "finished"}', "skipped {path}: finished, but without its run description (experiment, model, data, seed, overrides)"),
+     ('{"status": "finished", "run": {}}', "skipped {path}: finished, but without its run description"),
+     ('{"status": "finished", "run": {"experiment": null, "model": "lstm", "data": "pmnist", "seed": 0, "overrides": []},'
+      ' "test": {"accuracy": "high"}}', "skipped {path}: finished, but without a number for its test accuracy"),
+     ('{"status": "finished", "run": {"experiment": null, "model": "lstm", "data": "pmnist", "seed": 0, "overrides": []},'
+      ' "test": {"bpc": 1}, "valid": {"bpc": 1}, "valid_batch_statistics": {"bpc": 1}}',
+      "skipped {path}: finished, but without numbers for its step and times")],
+    ids=["not-json", "not-results", "no-run", "empty-run", "metric-not-a-number", "no-step"],
 )
 def test_a_damaged_results_file_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, content, message):
     write_run(tmp_path / "s" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
