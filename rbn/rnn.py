@@ -100,9 +100,7 @@ class Recurrent(nn.Module):
         self.compile_step = compile
         self.backend = backend
         self._recorded_hidden: list[list[Tensor]] | None = None
-        # Compiled per cell class: dynamo caches per code object, so one shared step function
-        # would hit its recompile limit across cell types and fall back to eager.
-        self._step = torch.compile(self.cell_class.__call__) if compile else self.cell_class.__call__
+        self._step = self._step_function()
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes(layer):
@@ -113,6 +111,19 @@ class Recurrent(nn.Module):
                     self.register_parameter(f"{name}{suffix}", bias_vector)
                 self._add_norms(suffix)
         self.reset_parameters()
+
+    def _step_function(self):
+        # Compiled per cell class: dynamo caches per code object, so one shared step function
+        # would hit its recompile limit across cell types and fall back to eager.
+        return torch.compile(self.cell_class.__call__) if self.compile_step else self.cell_class.__call__
+
+    def __getstate__(self) -> dict:
+        # A compiled function does not pickle (torch.save(model)); the loaded layer compiles its own.
+        return {key: value for key, value in super().__getstate__().items() if key != "_step"}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._step = self._step_function()
 
     @property
     def num_directions(self) -> int:

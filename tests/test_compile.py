@@ -1,5 +1,7 @@
 """compile=True runs the same step through torch.compile: same outputs, gradients and statistics."""
 
+import io
+
 import pytest
 import torch
 import torch._dynamo
@@ -39,3 +41,19 @@ def test_compiled_step_compiles_a_few_times_not_once_per_timestep(layer_name, we
         model(torch.randn(steps, 3, 3))[0].sum().backward()
     # Compiled, and below the limit past which dynamo would stop compiling the step and run it eagerly.
     assert 1 <= counters["frames"]["ok"] < torch._dynamo.config.cache_size_limit
+
+
+@pytest.mark.slow
+def test_a_compiled_layer_pickles_whole_and_compiles_its_step_again_when_loaded(layer_name):
+    torch._dynamo.reset()
+    counters.clear()
+    model = make(layer_name, compile=True)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)  # the whole module, as torch.save(model) users do
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=False)
+    eager = make(layer_name, backend="eager")
+    eager.load_state_dict(model.state_dict())
+    x = torch.randn(6, 5, 3)
+    torch.testing.assert_close(restored(x)[0], eager(x)[0])
+    assert counters["frames"]["ok"] >= 1  # what ran was compiled
