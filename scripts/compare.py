@@ -12,7 +12,8 @@ Writes to DIR (default: the one ROOT; required with several):
   test number for the model, the mean time in training steps and in all (``train_seconds``,
   ``wall_seconds``) and the devices the runs trained on;
   then the runs not finished (stopped, still training elsewhere, or diverged), from their
-  ``last.pt``: the epoch and step reached, the best validation so far, the time so far;
+  ``last.pt``: the epoch and step reached, the best validation so far, the time so far, and
+  the steps per second last logged with the time the steps still to go would take at it;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
   steps, one line per group, the mean over its seeds; and a dashed line for each run not
@@ -25,6 +26,7 @@ Writes to DIR (default: the one ROOT; required with several):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -135,29 +137,44 @@ def unfinished_runs(root: Path) -> list[dict]:
             print(f"skipped: {error}", file=sys.stderr)
             continue
         trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
+        speeds = scalars(path.parent).get("train/steps_per_second", {})
         runs.append({
             "dir": path.parent, "data": checkpoint["config"]["data"]["name"], "status": status,
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
-            **{key: progress[key] for key in ("epoch", "step", "best", "best_step", "train_seconds")},
+            **{key: progress[key] for key in ("epoch", "epoch_step", "step", "best", "best_step", "train_seconds")},
             "devices": progress.get("devices", []),
+            "steps_per_second": speeds[max(speeds)] if speeds else None,
         })
     return runs
 
 
+def steps_to_go(run: dict) -> int | None:
+    """The steps a run not finished has left: to its max_steps, or to the end of its max_epochs
+    where that comes first and an epoch's length is known (from the epochs it has finished)."""
+    epoch_length = (run["step"] - run["epoch_step"]) // run["epoch"] if run["epoch"] else None
+    ends = [end for end in (run["max_steps"], epoch_length and run["max_epochs"] * epoch_length) if end]
+    return min(ends) - run["step"] if ends else None
+
+
 def unfinished_table(runs: dict[str, dict]) -> str:
-    """{name: run} as a table: epoch and step of the preset's, best validation so far, and time."""
+    """{name: run} as a table: epoch and step of the preset's, best validation so far, time so
+    far, and the training steps' time still to go at the speed last logged (validations not
+    counted), for a run that can go on."""
     lines = [
         "## Not finished",
         "",
-        "| run | status | epoch | step | best validation (step) | training time | devices |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| run | status | epoch | step | best validation (step) | training time | steps/s | time to go | devices |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, run in sorted(runs.items()):
         step = f"{run['step']}" + (f" / {run['max_steps']}" if run["max_steps"] is not None else "")
         best = "" if run["best"] is None else f"{run['best']:.4f} ({run['best_step']})"
+        speed, to_go = run["steps_per_second"], steps_to_go(run)
+        goes_on = run["status"] == "not finished" and speed and to_go is not None
         lines.append(
             f"| {name} | {run['status']} | {run['epoch'] + 1} / {run['max_epochs']} | {step} | {best}"
-            f" | {duration(run['train_seconds'])} | {', '.join(run['devices'])} |"
+            f" | {duration(run['train_seconds'])} | {'' if speed is None else f'{speed:.2f}'}"
+            f" | {duration(to_go / speed) if goes_on else ''} | {', '.join(run['devices'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -233,6 +250,7 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+@functools.cache  # a run not finished is read for its table row and its curve
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar of a run's events: {tag: {step: value}}."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -269,7 +287,8 @@ def plot(data: str, groups: dict[str, list[dict]], unfinished: dict[str, dict], 
     for axes, title in zip(panels[0], charts):
         axes.set(title=title, xlabel="step", ylabel=METRICS.get(title, title))
         axes.grid(alpha=0.3)
-    panels[0][0].legend(fontsize="small")
+    if panels[0][0].get_legend_handles_labels()[0]:  # a run stopped before it logged has no curve yet
+        panels[0][0].legend(fontsize="small")
     figure.suptitle(data)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

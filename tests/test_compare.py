@@ -200,6 +200,36 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
     assert report.rstrip().endswith("| cpu |")
 
 
+def set_where_it_stands(run_dir: Path, speeds: dict[int, float], max_steps: int | None, **progress) -> None:
+    """Rewrites a stopped run's last.pt with ``progress`` and its max_steps (10 epochs at most),
+    and its events with the steps per second logged at each step of ``speeds``."""
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=True)
+    checkpoint["progress"].update(progress)
+    checkpoint["config"]["trainer"].update(max_epochs=10, max_steps=max_steps)
+    torch.save(checkpoint, run_dir / "last.pt")
+    for events in run_dir.glob("events.out.tfevents.*"):
+        events.unlink()
+    with SummaryWriter(run_dir) as writer:
+        for step, speed in speeds.items():
+            writer.add_scalar("train/steps_per_second", speed, step)
+
+
+@pytest.mark.usefixtures("tiny_data")
+@pytest.mark.parametrize(
+    "max_steps, progress, to_go",
+    [(None, dict(epoch=3, epoch_step=10, step=70), "| 2.00 | 1.1 min |"),  # 20 steps an epoch: 130 steps at 2 a second
+     (100, dict(epoch=3, epoch_step=10, step=70), "| 2.00 | 15 s |"),  # max_steps comes first
+     (None, dict(epoch=0, epoch_step=10, step=10), "| 2.00 |  |"),  # no epoch finished: its length is not known
+     (100, dict(epoch=0, epoch_step=10, step=10), "| 2.00 | 45 s |")],
+    ids=["epochs", "max-steps", "first-epoch", "first-epoch-max-steps"],
+)
+def test_a_run_not_finished_says_its_last_speed_and_the_time_its_steps_to_go_take(tmp_path, monkeypatch, max_steps, progress, to_go):
+    stopped_progress(tmp_path / "s" / "run", monkeypatch, 4)
+    set_where_it_stands(tmp_path / "s" / "run", {2: 4.0, progress["step"]: 2.0}, max_steps, **progress)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert to_go in (tmp_path / "s" / "compare.md").read_text()
+
+
 @pytest.mark.usefixtures("tiny_data")
 def test_a_sweep_with_no_finished_run_yet_gets_its_table_and_curves_of_where_runs_stand(tmp_path, monkeypatch):
     stopped_progress(tmp_path / "s" / "model=bnlstm", monkeypatch, 2)
