@@ -50,7 +50,7 @@ PAPER = {
     ("seqmnist", "lstm"): 0.989, ("seqmnist", "bnlstm"): 0.990, ("pmnist", "lstm"): 0.902, ("pmnist", "bnlstm"): 0.954,
     ("ptb_char", "lstm"): 1.38, ("ptb_char", "bnlstm"): 1.32, ("text8", "lstm"): 1.43, ("text8", "bnlstm"): 1.36,
 }
-# What a row reads of results.json's "run" (what train.py's Trainer._describe writes), and its types.
+# What a row reads of results.json's "run" (what rbn.trainer's Trainer._describe writes), and its types.
 RUN_DESCRIPTION = {"experiment": (str, type(None)), "model": str, "data": str, "seed": int, "overrides": list}
 # Overrides that choose what a row is (data, experiment, model) or repeat it (seed) are not part
 # of its label; the experiment is, from results.json, where a dataset's runs come from several.
