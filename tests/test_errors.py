@@ -5,6 +5,7 @@ import torch
 
 import rbn
 from conftest import make
+from rbn.models import CharLM, SequenceClassifier
 
 
 def raises(error, match, call):
@@ -166,3 +167,19 @@ def test_first_step_that_is_not_a_timestep(layer_name, first_step):
 def test_first_step_of_a_bidirectional_layer(layer_name):
     model = make(layer_name, bidirectional=True)
     raises(ValueError, "a bidirectional layer reads it both ways", lambda: model(torch.randn(6, 2, 3), first_step=6))
+
+
+def test_a_classifier_on_a_layer_that_reads_time_first(layer_name):
+    raises(ValueError, "SequenceClassifier reads .batch, time, features.: build the layer with batch_first=True",
+           lambda: SequenceClassifier(make(layer_name), 10))
+
+
+@pytest.mark.parametrize("options", [{"batch_first": False}, {"batch_first": True, "bidirectional": True}], ids=["time-first", "bidirectional"])
+def test_a_language_model_on_a_layer_it_cannot_read_with(layer_name, options):
+    raises(ValueError, "CharLM needs a unidirectional layer built with batch_first=True",
+           lambda: CharLM(make(layer_name, 7, **options), 7))
+
+
+def test_a_language_model_whose_layer_does_not_read_its_one_hot_characters(layer_name):
+    raises(ValueError, "CharLM reads one-hot characters: input_size must be vocab_size=8",
+           lambda: CharLM(make(layer_name, 7, batch_first=True), 8))

@@ -333,6 +333,43 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
 
 
+def test_a_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    backward = torch.Tensor.backward
+    calls = []
+
+    def infinite_gradients_at_the_fifth_step(loss, *args, **kwargs):
+        calls.append(1)
+        backward(loss * float("inf") if len(calls) == 5 else loss, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", infinite_gradients_at_the_fifth_step)
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    assert results["status"] == "diverged"
+    assert re.search(r"the gradient norm is (inf|nan) at step 5", results["error"])  # the loss was finite
+    assert load(tmp_path / "last.pt")["progress"]["step"] == 3
+
+
+def test_a_diverged_run_run_again_goes_on_from_its_last_good_checkpoint(tmp_path, monkeypatch):
+    forward = rbn.models.SequenceClassifier.forward
+
+    def nan_from_the_fifth_step(self, inputs, targets=None):
+        logits, loss = forward(self, inputs, targets)
+        return logits, loss * float("nan") if self.training and trainer.progress.step == 4 else loss
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rbn.models.SequenceClassifier, "forward", nan_from_the_fifth_step)
+        trainer = Trainer(compose_config(*TINY), tmp_path)
+        assert trainer.run()["status"] == "diverged"
+    results = Trainer(compose_config(*TINY), tmp_path).run()  # a transient fault, gone
+    assert results["status"] == "finished" and results["step"] == 6
+
+
+def test_validation_with_batch_statistics_leaves_out_a_last_batch_of_one_sequence(tmp_path):
+    trainer = Trainer(compose_config(*TINY, "trainer.batch_size=5", "trainer.limit_eval_batches=null"), tmp_path)
+    whole = trainer.evaluate("valid", batch_statistics=True)  # 6 images: a batch of 5, then one
+    trainer.cfg.trainer.limit_eval_batches = 1
+    assert whole == trainer.evaluate("valid", batch_statistics=True)
+
+
 def test_a_finished_run_is_not_trained_again(tmp_path):
     cfg = compose_config(*TINY_TEXT)
     first = Trainer(cfg, tmp_path).run()
