@@ -251,6 +251,18 @@ def test_triton_backend_refuses_batches_too_large_for_one_program():
     assert f"does not support batches over {rbn.kernels.MAX_BATCH} sequences (got {rbn.kernels.MAX_BATCH + 1})" in message
 
 
+def test_triton_backend_refuses_tensors_on_a_device_it_has_no_kernels_for():
+    model = make("BNLSTM", backend="triton").to("meta")
+    assert "does not support meta tensors" in refusal(model, torch.randn(T, B, 3, device="meta"))
+
+
+def test_triton_backend_refuses_gates_beyond_int32_offsets():
+    steps = 2**31 // (rbn.kernels.MAX_BATCH * 4 * 4) + 1  # T x B x 4H just past 2^31 for H 4
+    x = torch.zeros(1, 1, 3).expand(steps, rbn.kernels.MAX_BATCH, 3)  # no memory behind it
+    message = refusal(make("LNLSTM", backend="triton"), x)
+    assert "does not support sequences whose gates, T x B x 4H, have 2^31 elements or more (int32 offsets)" in message
+
+
 def test_triton_backend_refuses_without_triton(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "triton" else find_spec(name, *args))
