@@ -77,6 +77,14 @@ def test_archiving_a_run_again_replaces_its_records(tmp_path, monkeypatch):
     assert scalars(kept) == scalars(tmp_path / "runs" / "run")
 
 
+def test_a_root_that_is_not_a_directory_is_refused(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path / "missing", tmp_path / "archive")
+    assert stopped.value.code == 2
+    assert f"{tmp_path / 'missing'} is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "archive").exists()
+
+
 def test_a_directory_without_finished_runs_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         archive_runs(monkeypatch, tmp_path, tmp_path / "archive")

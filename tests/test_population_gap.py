@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import TINY, compose_config, load_script, run_script, script_error
+from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error
 
 import data
 from rbn.config import to_dict
@@ -59,6 +59,16 @@ def test_a_best_pt_the_trainer_did_not_write_is_a_one_line_error_naming_it(tmp_p
     write(tmp_path / "best.pt")
     error = one_line_error(monkeypatch, capsys, str(tmp_path))
     assert f"{tmp_path / 'best.pt'}" in error and message in error
+
+
+def test_a_directory_without_best_pt_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):
+    assert f"{tmp_path / 'best.pt'} does not exist" in one_line_error(monkeypatch, capsys, str(tmp_path))
+
+
+def test_a_language_model_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY_TEXT), tmp_path).run()
+    error = one_line_error(monkeypatch, capsys, str(tmp_path))
+    assert f"{tmp_path} is a shakespeare run; this script reads classification runs" in error
 
 
 def test_a_run_whose_data_are_missing_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import re
 import struct
 import subprocess
 import sys
@@ -293,6 +294,24 @@ def test_text8_offline_names_the_file_and_its_checksum(tmp_path):
     with pytest.raises(DataError) as error:
         text.text8(tmp_path, download=False)
     assert str(tmp_path / "text8" / "text8") in str(error.value) and text.TEXT8_DIGEST in str(error.value)
+
+
+def test_text8_whose_download_fails_says_why_and_what_to_place_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(text, "TEXT8_URL", (tmp_path / "nowhere.zip").as_uri())
+    with pytest.raises(DataError) as error:
+        text.text8(tmp_path / "root")
+    message = str(error.value)
+    assert "\n" not in message and "nowhere.zip" in message
+    assert message.endswith(f"or place the unzipped text8 ({text.TEXT8_DIGEST}) at {tmp_path / 'root' / 'text8' / 'text8'}")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"segment_length": 0}, "segment_length must be at least 1, got 0"),
+    ({"segment_length": 8, "segments": "overlapping"}, "segments must be one of independent, streams; got 'overlapping'"),
+])
+def test_a_corpus_refuses_segments_it_cannot_cut(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        text.build_corpus({"train": "abc", "valid": "ab", "test": "ab"}, **options)
 
 
 def test_text8_offline_reads_a_zip_placed_by_hand(tmp_path, small_text8):
