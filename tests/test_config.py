@@ -159,6 +159,9 @@ def test_an_unknown_config_option_fails_when_composing():
         (["+model.foo=1"], r"model.foo is not a config key"),
         (["+foo=1"], r"^foo is not a config key"),
         (["model=lstm", "model.backend=triton"], "model.backend=triton: rbn.LSTM has no Triton kernel"),
+        (["model.name=gru"], "model.name='gru' is not one of lstm, bnlstm, lnlstm"),
+        (["model.momentum=1.5"], r"model.momentum must be in \[0.0, 1.0\], got 1.5"),
+        (["trainer.sample_length=-1"], "trainer.sample_length must be >= 0, got -1"),
     ],
 )
 def test_an_impossible_value_or_combination_is_one_clear_line(overrides, message):
