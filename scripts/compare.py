@@ -74,8 +74,7 @@ def what_the_table_lacks(results: dict) -> str | None:
     run = results.get("run")
     if not (isinstance(run, dict) and all(isinstance(run.get(key), kind) for key, kind in RUN_DESCRIPTION.items())):
         return f"its run description ({', '.join(RUN_DESCRIPTION)})"
-    test = results.get("test")
-    metric = "accuracy" if isinstance(test, dict) and "accuracy" in test else "bpc"
+    metric = metric_of(results) if isinstance(results.get("test"), dict) else "bpc"
     for split in ("test", "valid", "valid_batch_statistics"):
         metrics = results.get(split)
         if not (isinstance(metrics, dict) and _is_number(metrics.get(metric))):
