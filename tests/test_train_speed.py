@@ -111,6 +111,22 @@ def test_the_variants_measured_before_one_that_fails_are_in_the_json(tmp_path, m
     assert [row["variant"] for row in json.loads(report.read_text())["rows"]] == ["eager"]
 
 
+def test_without_variants_a_cpu_times_the_eager_loop_and_the_compiled_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    script = load_script("train_speed")
+    timed = []
+
+    def measure(cfg, eval_batches):
+        timed.append((cfg.model.backend, cfg.model.compile, cfg.trainer.cuda_graphs))
+        return dict(steps_per_second=1.0, eval_seconds_per_batch=1.0, epoch_length=3, valid_batches=2)
+
+    monkeypatch.setattr(script, "measure", measure)
+    report = tmp_path / "speed.json"
+    run_script(monkeypatch, script, "--json", str(report), *TINY)
+    assert [row["variant"] for row in json.loads(report.read_text())["rows"]] == ["eager", "compiled"]
+    assert timed == [(Backend.eager, False, False), (Backend.eager, True, False)]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_cuda_graph_variants_without_cuda_are_refused_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -123,4 +139,4 @@ def test_an_unknown_variant_is_refused_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit:
         train_speed(monkeypatch, "--variants", "eager,cudnn", *TINY)
     assert exit.value.code == 2
-    assert "unknown variant 'cudnn': choose from eager, graphs, kernels, kernels+graphs" in capsys.readouterr().err
+    assert "unknown variant 'cudnn': choose from eager, graphs, kernels, kernels+graphs, compiled" in capsys.readouterr().err
