@@ -279,3 +279,21 @@ def _unknown_key(node: DictConfig, prefix: str = "") -> str | None:
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
     """Plain values (enums as strings): what checkpoints and results carry."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``to_dict``'s) with the keys added to the schemas since it was saved, at
+    their defaults. An option is added with the behaviour before it as its default, so this is
+    the config the run trained with, and a run begun before the option existed can resume."""
+    completed = dict(config)
+    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+        saved = config.get(group)
+        if isinstance(saved, dict) and saved.get("name") in schemas:
+            completed[group] = {**_defaults(schemas[saved["name"]]), **saved}
+    if isinstance(config.get("trainer"), dict):
+        completed["trainer"] = {**_defaults(TrainerConfig), **config["trainer"]}
+    return completed
+
+
+def _defaults(schema: type) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)

@@ -51,7 +51,7 @@ from data.sources import atomic_path
 from . import BNLSTM, LNLSTM, LSTM, SequenceBatchNorm
 from .analysis import hidden_state_gradient_norms
 from .cells import State
-from .config import Backend, ConfigError, Precision, check, to_dict
+from .config import Backend, ConfigError, Precision, check, to_dict, with_defaults
 from .models import CharLM, SequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -841,7 +841,7 @@ class Trainer:
         return path.exists()
 
     def _check_same_run(self, config: dict[str, Any], what: str) -> None:
-        saved, current = what_is_trained(config), what_is_trained(to_dict(self.cfg))
+        saved, current = what_is_trained(with_defaults(config)), what_is_trained(to_dict(self.cfg))
         if saved != current:
             differences = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in _diff(saved, current).items())
             raise RunError(f"{self.run_dir} holds {what} with another config ({differences}); use another run directory")

@@ -445,6 +445,25 @@ def test_resuming_with_another_config_is_refused(tmp_path):
         Trainer(compose_config(*TINY_TEXT, "model.hidden_size=5"), tmp_path)
 
 
+def saved_before_the_option_existed(run_dir, group: str, key: str) -> None:
+    checkpoint = load(run_dir / "last.pt")
+    del checkpoint["config"][group][key]
+    torch.save(checkpoint, run_dir / "last.pt")
+
+
+def test_a_run_saved_before_an_option_existed_resumes_where_the_option_keeps_its_default(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    saved_before_the_option_existed(tmp_path, "model", "h0_noise_std")
+    assert Trainer(compose_config(*TINY_TEXT), tmp_path).progress.step == 3
+
+
+def test_a_run_saved_before_an_option_existed_is_taken_to_have_trained_with_its_default(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    saved_before_the_option_existed(tmp_path, "optim", "lr")  # the schema's 1e-3; the preset's is 2e-3
+    with pytest.raises(RunError, match=r"another config \(optim.lr: 0.001 -> 0.002\)"):
+        Trainer(compose_config(*TINY_TEXT), tmp_path)
+
+
 def test_the_trainers_options_may_change_on_resume(tmp_path):
     Trainer(compose_config(*TINY_TEXT), tmp_path).fit()
     resumed = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path)
