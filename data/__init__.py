@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .mnist import SequentialMNIST, load_mnist, permutation
+from .mnist import SequentialMNIST, authors_order, is_permutation, load_mnist, permutation
 from .sources import DataError, default_root
 from .text import IGNORE_INDEX, CharCorpus, bits_per_character, padded_lengths, ptb_char, shakespeare, text8
 
@@ -35,9 +35,15 @@ def seqmnist(root: Path | None = None, source: str = "embedded", download: bool 
 
 def pmnist(
     root: Path | None = None, source: str = "embedded", download: bool = True,
-    seed: int = 0, fixed_permutation: Tensor | None = None,
+    seed: int = 0, with_replacement: bool = False, fixed_permutation: Tensor | None = None,
 ) -> SequentialMNIST:
     """Permuted MNIST: pixels in the order of a permutation drawn from ``seed``, or the
-    ``fixed_permutation`` a run or checkpoint saved."""
-    order = fixed_permutation if fixed_permutation is not None else permutation(seed)
+    ``fixed_permutation`` a run or checkpoint saved. ``with_replacement``: the 784 positions
+    drawn with replacement, as the authors' code drew them (``data.mnist.authors_order``)."""
+    if fixed_permutation is None:
+        order = authors_order(seed) if with_replacement else permutation(seed)
+    elif with_replacement or is_permutation(fixed_permutation):
+        order = fixed_permutation
+    else:
+        raise ValueError("the pMNIST permutation must be a permutation of 0..783 (draws with replacement need with_replacement)")
     return SequentialMNIST(load_mnist(root, source, download), order)

@@ -12,6 +12,7 @@ import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,9 +84,27 @@ def permutation(seed: int) -> Tensor:
     return torch.randperm(PIXELS, generator=torch.Generator().manual_seed(seed))
 
 
+def authors_order(seed: int) -> Tensor:
+    """784 positions drawn with replacement, as the authors' code drew pMNIST's "permutation":
+    ``numpy.random.seed(seed)`` then ``numpy.random.randint(0, 784, size=(784,))``, numpy's
+    legacy generator, whose stream is fixed across versions. Their scripts ran with seed 1,
+    which reads 501 distinct pixels, some of them several times, and never the other 283."""
+    return torch.from_numpy(np.random.RandomState(seed).randint(0, PIXELS, size=(PIXELS,))).long()
+
+
+def is_pixel_order(order: Tensor) -> bool:
+    """784 integer positions in 0..783: a permutation, or the authors' draws with replacement."""
+    return (order.shape == (PIXELS,) and not order.is_floating_point() and not order.is_complex()
+            and bool(((order >= 0) & (order < PIXELS)).all()))
+
+
+def is_permutation(order: Tensor) -> bool:
+    return is_pixel_order(order) and torch.equal(order.sort().values, torch.arange(PIXELS))
+
+
 class SequentialMNIST:
-    """seqMNIST, or pMNIST when given a ``permutation``: classify an image from its pixels,
-    read as a (784, 1) sequence."""
+    """seqMNIST, or pMNIST when given a ``permutation`` (the positions read, in order; with the
+    authors' draws, some repeat): classify an image from its pixels, read as a (784, 1) sequence."""
 
     task = "classification"
     carries_state = False  # each image is a sequence of its own
@@ -95,8 +114,8 @@ class SequentialMNIST:
     max_length = PIXELS
 
     def __init__(self, splits: dict[str, tuple[Tensor, Tensor]], permutation: Tensor | None = None) -> None:
-        if permutation is not None and not torch.equal(permutation.sort().values, torch.arange(PIXELS)):
-            raise ValueError("the pMNIST permutation must be a permutation of 0..783")
+        if permutation is not None and not is_pixel_order(permutation):
+            raise ValueError("the pMNIST pixel order must be 784 integer positions in 0..783")
         self.splits = splits
         self.permutation = permutation
 

@@ -108,6 +108,7 @@ class MNISTConfig(DataConfig):
 class PMNISTConfig(MNISTConfig):
     name: str = "pmnist"
     seed: int = 0  # the permutation's seed, fixed across runs as in the paper
+    with_replacement: bool = False  # the authors' code's draws (data.seed=1: their order), not a permutation
 
 
 @dataclass

@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,9 +95,32 @@ def test_permutation_is_the_same_in_another_process():
     assert output.strip() == str(mnist.permutation(3)[:20].tolist())
 
 
-def test_a_permutation_with_repeats_is_refused(embedded):
-    with pytest.raises(ValueError, match="must be a permutation"):
-        mnist.SequentialMNIST(embedded, torch.randint(784, (784,)))
+def test_the_authors_order_is_their_codes_draws_with_replacement():
+    np.random.seed(1)  # their sequential_mnist.py, run with its default seed and --permuted
+    theirs = np.random.randint(0, 784, size=(784,))
+    order = mnist.authors_order(1)
+    assert order.tolist() == theirs.tolist()
+    assert order.unique().numel() < 784  # pixels read twice, others never
+
+
+def test_a_saved_permutation_with_repeats_is_refused(embedded):
+    with pytest.raises(ValueError, match="must be a permutation of 0..783"):
+        data.pmnist(fixed_permutation=mnist.authors_order(1))
+
+
+def test_a_saved_order_with_repeats_is_kept_with_replacement(embedded):
+    saved = mnist.authors_order(1)
+    assert torch.equal(data.pmnist(with_replacement=True, fixed_permutation=saved).permutation, saved)
+
+
+def test_with_replacement_pmnist_reads_the_authors_order_drawn_from_its_seed(embedded):
+    assert torch.equal(data.pmnist(seed=1, with_replacement=True).permutation, mnist.authors_order(1))
+
+
+@pytest.mark.parametrize("order", [torch.arange(783), torch.arange(784.0), torch.arange(1, 785)], ids=["short", "float", "784"])
+def test_a_pixel_order_that_is_not_784_positions_is_refused(order):
+    with pytest.raises(ValueError, match="must be 784 integer positions in 0..783"):
+        mnist.SequentialMNIST(tiny_splits(), order)
 
 
 def tiny_splits(n=10):

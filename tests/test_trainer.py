@@ -859,6 +859,16 @@ def test_pmnist_keeps_the_permutation_its_checkpoint_saved(tmp_path, monkeypatch
     assert torch.equal(Trainer(cfg, tmp_path).dataset.permutation, saved)
 
 
+def test_pmnist_with_replacement_resumes_with_the_order_its_checkpoint_saved(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY, "experiment=pmnist", "data.with_replacement=true", "data.seed=1")
+    monkeypatch.setattr(Trainer, "_train_step", lambda *args: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(SystemExit):
+        Trainer(cfg, tmp_path).run()
+    saved = load(tmp_path / "last.pt")["permutation"]
+    assert torch.equal(saved, data.mnist.authors_order(1))
+    assert torch.equal(Trainer(cfg, tmp_path).dataset.permutation, saved)
+
+
 def test_each_epoch_has_its_own_data_order_fixed_by_the_seed(tmp_path, monkeypatch):
     def training_inputs(*overrides: str) -> list[torch.Tensor]:
         seen, train_step = [], Trainer._train_step
