@@ -93,9 +93,9 @@ def authors_order(seed: int) -> Tensor:
 
 
 def is_pixel_order(order: Tensor) -> bool:
-    """784 integer positions in 0..783: a permutation, or the authors' draws with replacement."""
-    return (order.shape == (PIXELS,) and not order.is_floating_point() and not order.is_complex()
-            and bool(((order >= 0) & (order < PIXELS)).all()))
+    """784 int64 positions in 0..783 (another dtype may index as a mask): a permutation, or the
+    authors' draws with replacement."""
+    return order.shape == (PIXELS,) and order.dtype == torch.int64 and bool(((order >= 0) & (order < PIXELS)).all())
 
 
 def is_permutation(order: Tensor) -> bool:
@@ -115,7 +115,7 @@ class SequentialMNIST:
 
     def __init__(self, splits: dict[str, tuple[Tensor, Tensor]], permutation: Tensor | None = None) -> None:
         if permutation is not None and not is_pixel_order(permutation):
-            raise ValueError("the pMNIST pixel order must be 784 integer positions in 0..783")
+            raise ValueError("the pMNIST pixel order must be 784 int64 positions in 0..783")
         self.splits = splits
         self.permutation = permutation
 

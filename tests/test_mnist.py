@@ -117,9 +117,13 @@ def test_with_replacement_pmnist_reads_the_authors_order_drawn_from_its_seed(emb
     assert torch.equal(data.pmnist(seed=1, with_replacement=True).permutation, mnist.authors_order(1))
 
 
-@pytest.mark.parametrize("order", [torch.arange(783), torch.arange(784.0), torch.arange(1, 785)], ids=["short", "float", "784"])
+@pytest.mark.parametrize(
+    "order",
+    [torch.arange(783), torch.arange(784.0), torch.ones(784, dtype=torch.bool), torch.arange(1, 785)],
+    ids=["short", "float", "mask", "784"],
+)
 def test_a_pixel_order_that_is_not_784_positions_is_refused(order):
-    with pytest.raises(ValueError, match="must be 784 integer positions in 0..783"):
+    with pytest.raises(ValueError, match="must be 784 int64 positions in 0..783"):
         mnist.SequentialMNIST(tiny_splits(), order)
 
 
