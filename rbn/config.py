@@ -174,6 +174,7 @@ DATASETS = {
     "shakespeare": TextConfig, "ptb_char": TextConfig, "text8": TextConfig,
 }
 OPTIMIZERS = {"rmsprop": RMSpropConfig, "adam": AdamConfig}
+GROUPS = {"model": MODELS, "data": DATASETS, "optim": OPTIMIZERS}  # the config groups whose option is a schema
 
 
 def register() -> None:
@@ -181,7 +182,7 @@ def register() -> None:
     for the group files."""
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+    for group, schemas in GROUPS.items():
         for name, schema in schemas.items():
             store.store(group=f"schema/{group}", name=name, node=schema)
 
@@ -210,7 +211,7 @@ def check(cfg: DictConfig) -> None:
     unknown = _unknown_key(cfg)
     if unknown is not None:  # Hydra's + adds any key, even to a schema's node
         raise ConfigError(f"{unknown} is not a config key (misspelt?); `python train.py --cfg job` lists them")
-    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+    for group, schemas in GROUPS.items():
         name = cfg[group].name
         if name not in schemas:
             raise ConfigError(f"{group}.name={name!r} is not one of {', '.join(schemas)}")
@@ -287,7 +288,7 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     their defaults. An option is added with the behaviour before it as its default, so this is
     the config the run trained with, and a run begun before the option existed can resume."""
     completed = dict(config)
-    for group, schemas in (("model", MODELS), ("data", DATASETS), ("optim", OPTIMIZERS)):
+    for group, schemas in GROUPS.items():
         saved = config.get(group)
         if isinstance(saved, dict) and saved.get("name") in schemas:
             completed[group] = {**_defaults(schemas[saved["name"]]), **saved}

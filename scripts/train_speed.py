@@ -114,14 +114,15 @@ def schedule(trainer, epoch_length: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as train.py takes them")
-    parser.add_argument("--variants", type=variants, default=default_variants(),
-                        help=f"comma-separated, of {', '.join(VARIANTS)} (default: {','.join(default_variants())})")
+    default = ",".join(default_variants())
+    parser.add_argument("--variants", type=variants, default=default,
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default: {default})")
     parser.add_argument("--steps", type=arguments.positive, default=50, help="steps per interval (two intervals per variant)")
     parser.add_argument("--eval-batches", type=arguments.positive, default=5)
     parser.add_argument("--json", type=arguments.output_file, default="train_speed.json")
     args = parser.parse_args()
     if not torch.cuda.is_available() and any("graphs" in variant for variant in args.variants):
-        parser.error("the CUDA-graph variants need a CUDA device: choose --variants eager,compiled")
+        parser.error(f"the CUDA-graph variants need a CUDA device: choose --variants {default}")
     try:
         run = compose_config(args.overrides)  # the schedule to estimate, without the timing's
         check(run)

@@ -850,9 +850,7 @@ def test_bf16_autocast_trains(tmp_path, device, model, weight_gradient):
 
 def test_pmnist_keeps_the_permutation_its_checkpoint_saved(tmp_path, monkeypatch):
     cfg = compose_config(*TINY, "experiment=pmnist")
-    monkeypatch.setattr(Trainer, "_train_step", lambda *args: signal.raise_signal(signal.SIGINT))
-    with pytest.raises(SystemExit):
-        Trainer(cfg, tmp_path).run()
+    stopped_run(cfg, tmp_path, monkeypatch, 1)
     saved = load(tmp_path / "last.pt")["permutation"]
     assert torch.equal(saved, data.permutation(0))
     monkeypatch.setattr(data, "permutation", lambda seed: torch.arange(784))  # as if randperm changed
@@ -861,9 +859,7 @@ def test_pmnist_keeps_the_permutation_its_checkpoint_saved(tmp_path, monkeypatch
 
 def test_pmnist_with_replacement_resumes_with_the_order_its_checkpoint_saved(tmp_path, monkeypatch):
     cfg = compose_config(*TINY, "experiment=pmnist", "data.with_replacement=true", "data.seed=1")
-    monkeypatch.setattr(Trainer, "_train_step", lambda *args: signal.raise_signal(signal.SIGINT))
-    with pytest.raises(SystemExit):
-        Trainer(cfg, tmp_path).run()
+    stopped_run(cfg, tmp_path, monkeypatch, 1)
     saved = load(tmp_path / "last.pt")["permutation"]
     assert torch.equal(saved, data.mnist.authors_order(1))
     assert torch.equal(Trainer(cfg, tmp_path).dataset.permutation, saved)
