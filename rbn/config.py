@@ -297,5 +297,15 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return completed
 
 
+def from_dict(config: dict[str, Any]) -> DictConfig:
+    """The typed config of a saved one (``to_dict``'s, as checkpoints carry it), completed by
+    ``with_defaults``: the config a script rebuilds a run's trainer with, whatever conf/ says now."""
+    completed = with_defaults(config)
+    cfg = OmegaConf.structured(Config)
+    for group, schemas in GROUPS.items():
+        cfg[group] = OmegaConf.structured(schemas[completed[group]["name"]])
+    return OmegaConf.merge(cfg, completed)
+
+
 def _defaults(schema: type) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)

@@ -388,7 +388,7 @@ class Trainer:
         self._write_layout()
         try:
             self.fit()
-        except _Diverged as error:
+        except Diverged as error:
             log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
             return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error)})
         try:
@@ -428,9 +428,7 @@ class Trainer:
                 if self._at_step_limit():
                     break
             else:
-                progress.epoch += 1
-                progress.epoch_step = 0
-                self.carry = None  # the next epoch starts at a new offset: no continuity
+                self._next_epoch()
                 # A step limit at an epoch's end validated there already, if a run trains on past it.
                 if trainer.eval_interval is None and progress.validated_step != progress.step:
                     self.validate()
@@ -451,12 +449,18 @@ class Trainer:
     def _at_step_limit(self) -> bool:
         return self.cfg.trainer.max_steps is not None and self.progress.step >= self.cfg.trainer.max_steps
 
+    def _next_epoch(self) -> None:
+        self.progress.epoch += 1
+        self.progress.epoch_step = 0
+        self.carry = None  # the next epoch starts at a new offset: no continuity
+
     def _remaining_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, self.progress.epoch))
         batches = self.dataset.batches("train", self.cfg.trainer.batch_size, generator)
         return itertools.islice(batches, self.progress.epoch_step, None)
 
-    def _train_step(self, inputs: Tensor, targets: Tensor, bar: tqdm) -> None:
+    def _train_step(self, inputs: Tensor, targets: Tensor, bar: tqdm) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns its loss and its gradient norm before clipping."""
         started = time.perf_counter()
         self.model.train()
         inputs, targets = inputs.to(self.device), targets.to(self.device)
@@ -466,18 +470,19 @@ class Trainer:
         if self.dataset.carries_state:
             self.carry = carry
         if not torch.isfinite(loss):
-            raise _Diverged(f"the training loss is {loss.item()} at step {self.progress.step + 1}")
+            raise Diverged(f"the training loss is {loss.item()} at step {self.progress.step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.trainer.clip_grad_norm
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else math.inf)
         if not torch.isfinite(grad_norm):
-            raise _Diverged(f"the gradient norm is {float(grad_norm)} at step {self.progress.step + 1}")
+            raise Diverged(f"the gradient norm is {float(grad_norm)} at step {self.progress.step + 1}")
         self.optimizer.step()
         self.progress.step += 1
         self.progress.epoch_step += 1
         self.progress.train_seconds += time.perf_counter() - started
         self._log_train(logits.detach(), targets, loss.detach(), grad_norm, bar)
+        return loss.detach(), grad_norm
 
     def _forward(
         self, inputs: Tensor, targets: Tensor, state: State | None, first_step: int = 0
@@ -548,10 +553,10 @@ class Trainer:
                     first_step += inputs.shape[1]
         return metrics.summary()
 
-    def validate(self) -> None:
+    def validate(self) -> dict[str, float]:
         """Validation at the current step: scalars, gain histograms, a text sample, and the
-        checkpoints. It draws no random numbers from the training generators, so a resumed
-        run that skips it stays exact.
+        checkpoints; returns the metrics. It draws no random numbers from the training
+        generators, so a resumed run that skips it stays exact.
 
         BN-LSTM is validated with batch statistics, as the authors selected models: statistics
         averaged over training lag behind weights that move fast (docs/results.md, "Sequential
@@ -579,6 +584,7 @@ class Trainer:
         self.save("last")
         if improved:
             self._copy_last_to_best()
+        return metrics
 
     def _copy_last_to_best(self) -> None:
         with atomic_path(self.run_dir / "best.pt") as tmp:
@@ -923,8 +929,8 @@ class Trainer:
             restore()
 
 
-class _Diverged(Exception):
-    pass
+class Diverged(Exception):
+    """A training step's loss or gradient norm is not finite; the message says which, and at what step."""
 
 
 def submitit_preemption_signal() -> signal.Signals | None:

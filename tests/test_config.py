@@ -13,7 +13,7 @@ from trainer_helpers import CONF, TINY_TEXT, compose_config
 import data
 from data import DataError
 import rbn
-from rbn.config import ConfigError, check
+from rbn.config import GROUPS, ConfigError, check, from_dict, to_dict
 from rbn.models import CharLM, SequenceClassifier
 from rbn.trainer import Trainer, build_dataset, build_model, build_optimizer
 
@@ -47,6 +47,22 @@ def test_every_experiment_and_model_composes_and_builds(experiment, model, monke
     assert type(built.recurrent) is expected
     assert isinstance(built, SequenceClassifier if "mnist" in experiment else CharLM)
     assert built.recurrent.hidden_size == cfg.model.hidden_size
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_a_saved_config_rebuilds_the_typed_config_it_was_saved_from(experiment, model):
+    cfg = compose_config(f"experiment={experiment}", f"model={model}")
+    rebuilt = from_dict(to_dict(cfg))
+    check(rebuilt)
+    assert rebuilt == cfg
+    assert all(OmegaConf.get_type(rebuilt[group]) is OmegaConf.get_type(cfg[group]) for group in GROUPS)
+
+
+def test_a_saved_config_from_before_an_option_existed_rebuilds_with_its_default():
+    saved = to_dict(compose_config("experiment=pmnist"))
+    del saved["data"]["with_replacement"]
+    assert from_dict(saved).data.with_replacement is False
 
 
 @pytest.mark.parametrize("model", MODELS)
