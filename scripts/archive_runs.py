@@ -1,7 +1,8 @@
-"""Keeps the records of finished runs, small enough for the repository:
+"""Keeps the records of finished and diverged runs, small enough for the repository:
 ``python scripts/archive_runs.py ROOT DEST``.
 
-For every finished run under ROOT (a ``results.json`` with ``"status": "finished"``), writes
+For every run under ROOT that finished or diverged (a ``results.json`` whose ``"status"`` says
+so: a divergence's records show where and how), writes
 into DEST, at the run's path relative to ROOT: ``results.json``, Hydra's ``.hydra/config.yaml``
 and ``overrides.yaml``, and one event file with every scalar of the run's events, as
 TensorBoard shows them (an attempt's steps that a resumed run trained again are left out).
@@ -59,9 +60,9 @@ def main() -> None:
     if args.dest.exists() and not args.dest.is_dir():
         parser.error(f"DEST {args.dest} is not a directory")
     # DEST inside ROOT: the records of an earlier call are not runs, to archive again one level deeper.
-    runs = load_runs(args.root, outside=dest)
+    runs = load_runs(args.root, outside=dest, statuses=("finished", "diverged"))
     if not runs:
-        parser.error(f"no finished runs (results.json) under {args.root}")
+        parser.error(f"no finished or diverged runs (results.json) under {args.root}")
     for run in runs:  # checked before any is written
         checkpoints = sorted((args.dest / run["dir"].relative_to(args.root)).glob("*.pt"))
         if checkpoints:

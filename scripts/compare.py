@@ -92,8 +92,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
-    """The finished runs under ``root``, but not under ``outside``. A run met more than once
+def load_runs(root: Path, outside: Path | None = None, statuses: tuple[str, ...] = ("finished",)) -> list[dict]:
+    """The runs under ``root`` whose results have one of ``statuses``, but not under
+    ``outside``. A run met more than once
     (its records archived inside ``root`` by archive_runs.py: the same results.json) counts
     once, from its own directory: the one with checkpoints or Hydra's hydra.yaml, which
     records lack."""
@@ -104,9 +105,9 @@ def load_runs(root: Path, outside: Path | None = None) -> list[dict]:
         results = results_or_none(path)
         if results is None:
             continue
-        if results["status"] != "finished":
+        if results["status"] not in statuses:
             print(f"skipped {path.parent}: {results['status']}", file=sys.stderr)
-        elif (lacking := what_the_table_lacks(results)) is not None:
+        elif results["status"] == "finished" and (lacking := what_the_table_lacks(results)) is not None:
             print(f"skipped {path}: finished, but without {lacking}", file=sys.stderr)
         else:
             copies.setdefault(path.read_bytes(), []).append(path.parent)

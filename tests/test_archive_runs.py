@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, load_script, run_script, stopped_run
+from trainer_helpers import GRADIENT_FLOW, TINY_TEXT, compose_config, diverged_run, load_script, run_script, stopped_run
 
 from rbn.trainer import Trainer
 
@@ -61,11 +61,13 @@ def test_histograms_figures_samples_and_checkpoints_stay_behind(tmp_path, monkey
     assert not list(kept.glob("*.pt"))
 
 
-def test_only_finished_runs_are_archived(tmp_path, monkeypatch):
+def test_finished_and_diverged_runs_are_archived_and_stopped_ones_are_not(tmp_path, monkeypatch):
     finished_run(tmp_path / "runs" / "finished")
+    diverged = diverged_run(compose_config(*TINY_TEXT), tmp_path / "runs" / "diverged", monkeypatch)
     stopped_run(compose_config(*TINY_TEXT), tmp_path / "runs" / "interrupted", monkeypatch, 2)
     archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
-    assert [p.name for p in (tmp_path / "archive").iterdir()] == ["finished"]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["diverged", "finished"]
+    assert scalars(tmp_path / "archive" / "diverged") == scalars(diverged)
 
 
 def test_archiving_a_run_again_replaces_its_records(tmp_path, monkeypatch):
@@ -85,11 +87,11 @@ def test_a_root_that_is_not_a_directory_is_refused(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "archive").exists()
 
 
-def test_a_directory_without_finished_runs_is_refused(tmp_path, monkeypatch, capsys):
+def test_a_directory_without_finished_or_diverged_runs_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         archive_runs(monkeypatch, tmp_path, tmp_path / "archive")
     assert stopped.value.code == 2
-    assert "no finished runs" in capsys.readouterr().err
+    assert "no finished or diverged runs" in capsys.readouterr().err
 
 
 def test_records_archived_inside_root_are_not_taken_for_runs(tmp_path, monkeypatch):
@@ -140,15 +142,15 @@ def test_a_dest_that_is_root_or_holds_it_is_a_one_line_error(tmp_path, monkeypat
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "runs"
 
 
-@pytest.mark.parametrize(
-    "run_dir", sorted(path.parent for path in ARCHIVE.glob("*/*/results.json")), ids=lambda path: path.parent.name + "/" + path.name
-)
-def test_the_repositorys_archived_runs_validated_at_their_best_step_what_their_results_say(run_dir):
+FINISHED = sorted(path.parent for path in ARCHIVE.glob("*/*/results.json") if json.loads(path.read_text())["status"] == "finished")
+
+
+@pytest.mark.parametrize("run_dir", FINISHED, ids=lambda path: path.parent.name + "/" + path.name)
+def test_the_repositorys_finished_runs_validated_at_their_best_step_what_their_results_say(run_dir):
     """The records in docs/runs agree with themselves: the final evaluation of best.pt on the
     validation set (with batch statistics for BN-LSTM, as the runs were selected) equals the
     scalar logged when that step was validated."""
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["status"] == "finished"
     metric = "accuracy" if "accuracy" in results["test"] else "bpc"
     valid = results.get("valid_batch_statistics", results["valid"])[metric]
     assert dict(scalars(run_dir)[f"valid/{metric}"])[results["best_step"]] == pytest.approx(valid, rel=1e-6)

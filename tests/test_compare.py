@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from trainer_helpers import TINY_TEXT, compose_config, load_script, run_script, stopped_run
+from trainer_helpers import TINY_TEXT, compose_config, diverged_run, load_script, run_script, stopped_run
 
-from rbn.trainer import Trainer, comparison_charts
+from rbn.trainer import comparison_charts
 
 
 
@@ -202,15 +202,7 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
 
 @pytest.mark.usefixtures("tiny_data")
 def test_a_diverged_run_is_listed_as_such_without_a_time_to_go(tmp_path, monkeypatch, capsys):
-    backward = torch.Tensor.backward
-
-    def infinite_gradients_from_step_5(loss, *args, **kwargs):
-        backward(loss * float("inf") if trainer.progress.step >= 4 else loss, *args, **kwargs)
-
-    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path / "s" / "run")
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.Tensor, "backward", infinite_gradients_from_step_5)
-        assert trainer.run()["status"] == "diverged"
+    diverged_run(compose_config(*TINY_TEXT), tmp_path / "s" / "run", monkeypatch)
     compare(monkeypatch, str(tmp_path / "s"))
     row = (tmp_path / "s" / "compare.md").read_text().split("## Not finished")[1].splitlines()[-1]
     assert row.startswith("| run | diverged | 1 / 2 | 3 / 6 |") and row.endswith(" |  | cpu |")  # no time to go

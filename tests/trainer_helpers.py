@@ -73,6 +73,20 @@ def stopped_run(cfg, run_dir: Path, monkeypatch, step: int, signum: int = signal
     return stopped.value.code
 
 
+def diverged_run(cfg, run_dir: Path, monkeypatch) -> Path:
+    """Runs the trainer in ``run_dir`` with infinite gradients from step 5 on, so that it diverges there."""
+    trainer = Trainer(cfg, run_dir)
+    backward = torch.Tensor.backward
+
+    def infinite_gradients_from_step_5(loss, *args, **kwargs):
+        backward(loss * float("inf") if trainer.progress.step >= 4 else loss, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "backward", infinite_gradients_from_step_5)
+        assert trainer.run()["status"] == "diverged"
+    return run_dir
+
+
 def load_script(name: str):
     """scripts/<name>.py, imported afresh in this process."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
