@@ -390,7 +390,10 @@ class Trainer:
             self.fit()
         except Diverged as error:
             log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
-            return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error)})
+            # What it had reached before, and what it cost: a diverged run is a result too.
+            best = {SELECTION[self.task][0]: self.progress.best, "step": self.progress.best_step}
+            return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error),
+                                        "best_valid": best, **self._times()})
         try:
             results = self.final_evaluation()
         except KeyboardInterrupt:
@@ -625,10 +628,7 @@ class Trainer:
             torch.save(final, tmp)
         if not self.has_batch_norm():
             results["valid_batch_statistics"] = results["valid"]  # nothing is batch-normalized
-        self._add_wall_time()
-        results["train_seconds"] = round(self.progress.train_seconds, 3)
-        results["wall_seconds"] = round(self.progress.wall_seconds, 3)
-        results["devices"] = self.progress.devices
+        results.update(self._times())
         for key in ("valid_batch_statistics", "valid", "test"):
             for name, value in results[key].items():
                 self.writer.add_scalar(f"final/{key}_{name}", value, self.progress.step)
@@ -770,6 +770,12 @@ class Trainer:
         charts = comparison_charts(SELECTION[self.task][0])
         layout = {title: ["Multiline", [f"^{tag}$" for tag in tags]] for title, tags in charts.items()}
         self.writer.add_custom_scalars({"compare runs": layout})
+
+    def _times(self) -> dict[str, Any]:
+        """The run's time in training steps and in all, every attempt's, and its devices."""
+        self._add_wall_time()
+        return {"train_seconds": round(self.progress.train_seconds, 3),
+                "wall_seconds": round(self.progress.wall_seconds, 3), "devices": self.progress.devices}
 
     def _write_results(self, results: dict[str, Any]) -> dict[str, Any]:
         results = {**results, "run": self._describe(), "config": to_dict(self.cfg)}

@@ -20,6 +20,7 @@ from trainer_helpers import (
     TINY,
     TINY_TEXT,
     compose_config,
+    diverged_run,
     interrupt_at,
     stopped_run,
     tiny_text,
@@ -331,6 +332,15 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert "loss is nan at step 5" in results["error"]
     assert load(tmp_path / "last.pt")["progress"]["step"] == 3  # the validation at step 3 saved it
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "diverged"
+
+
+def test_a_diverged_runs_results_say_its_best_validation_before_and_its_time(tmp_path, monkeypatch):
+    diverged_run(compose_config(*TINY), tmp_path, monkeypatch)
+    results = json.loads((tmp_path / "results.json").read_text())
+    progress = load(tmp_path / "last.pt")["progress"]  # saved at the validation of step 3
+    assert results["best_valid"] == {"accuracy": progress["best"], "step": 3}
+    assert results["train_seconds"] > 0 and results["wall_seconds"] >= results["train_seconds"]
+    assert results["devices"] == ["cpu"]
 
 
 def test_a_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
