@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -303,8 +304,15 @@ def from_dict(config: dict[str, Any]) -> DictConfig:
     completed = with_defaults(config)
     cfg = OmegaConf.structured(Config)
     for group, schemas in GROUPS.items():
-        cfg[group] = OmegaConf.structured(schemas[completed[group]["name"]])
-    return OmegaConf.merge(cfg, completed)
+        saved = completed.get(group)
+        name = saved.get("name") if isinstance(saved, dict) else None
+        if name not in schemas:
+            raise ConfigError(f"the saved config's {group}.name, {name!r}, is not one of {', '.join(schemas)}")
+        cfg[group] = OmegaConf.structured(schemas[name])
+    try:
+        return OmegaConf.merge(cfg, completed)
+    except OmegaConfBaseException as error:  # a key or value this version's schemas do not take
+        raise ConfigError(f"the saved config's {error.full_key} does not fit this version: {error.msg.splitlines()[0]}") from None
 
 
 def _defaults(schema: type) -> dict[str, Any]:

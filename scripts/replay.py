@@ -91,9 +91,9 @@ def main() -> None:
         shutil.copyfile(path, Path(scratch) / "last.pt")
         if (args.run_dir / "best.pt").is_file():  # as the run had it: the trainer checks it against last.pt
             shutil.copyfile(args.run_dir / "best.pt", Path(scratch) / "best.pt")
-        cfg = from_dict(checkpoint["config"])
-        cfg.trainer.progress_bar = False  # the lines below are the progress
         try:
+            cfg = from_dict(checkpoint["config"])
+            cfg.trainer.progress_bar = False  # the lines below are the progress
             trainer = Trainer(cfg, scratch)
         except (ConfigError, DataError, RunError) as error:
             parser.error(f"cannot rebuild the run of {path}: {error}")

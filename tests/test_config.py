@@ -1,5 +1,6 @@
 """The configs in conf/: composition, the paper's presets, and bad configs."""
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,6 +58,23 @@ def test_a_saved_config_rebuilds_the_typed_config_it_was_saved_from(experiment, 
     check(rebuilt)
     assert rebuilt == cfg
     assert all(OmegaConf.get_type(rebuilt[group]) is OmegaConf.get_type(cfg[group]) for group in GROUPS)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda saved: saved["model"].update(name="gru"), "the saved config's model.name, 'gru', is not one of lstm, bnlstm, lnlstm"),
+        (lambda saved: saved["trainer"].update(retired_option=1), "the saved config's trainer.retired_option does not fit this version"),
+        (lambda saved: saved["model"].update(hidden_size="big"), "the saved config's model.hidden_size does not fit this version"),
+    ],
+    ids=["unknown-model", "unknown-key", "wrong-type"],
+)
+def test_a_saved_config_this_version_cannot_rebuild_is_one_clear_line(change, message):
+    saved = to_dict(compose_config("experiment=pmnist"))
+    change(saved)
+    with pytest.raises(ConfigError, match="^" + re.escape(message)) as error:
+        from_dict(saved)
+    assert "\n" not in str(error.value)
 
 
 def test_a_saved_config_from_before_an_option_existed_rebuilds_with_its_default():

@@ -3,6 +3,8 @@
 import math
 import shutil
 
+import torch
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import TINY, compose_config, load_script, run_script, script_error
@@ -112,3 +114,13 @@ def test_an_option_without_a_number_is_a_one_line_error(tmp_path, monkeypatch, c
 def test_a_missing_checkpoint_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):
     error = one_line_error(monkeypatch, capsys, tmp_path, "--checkpoint", "best")
     assert error.endswith(f"{tmp_path / 'best.pt'} does not exist")
+
+
+def test_a_checkpoint_whose_config_this_version_cannot_rebuild_is_a_one_line_error(run_at_step_2, monkeypatch, capsys):
+    _, copy = run_at_step_2
+    checkpoint = torch.load(copy / "last.pt", weights_only=True)
+    checkpoint["config"]["model"]["retired_option"] = 1
+    torch.save(checkpoint, copy / "last.pt")
+    error = one_line_error(monkeypatch, capsys, copy)
+    assert error.endswith("the saved config's model.retired_option does not fit this version: "
+                          "Key 'retired_option' not in 'BNLSTMConfig'")
