@@ -94,10 +94,9 @@ def _is_number(value) -> bool:
 
 def load_runs(root: Path, outside: Path | None = None, statuses: tuple[str, ...] = ("finished",)) -> list[dict]:
     """The runs under ``root`` whose results have one of ``statuses``, but not under
-    ``outside``. A run met more than once
-    (its records archived inside ``root`` by archive_runs.py: the same results.json) counts
-    once, from its own directory: the one with checkpoints or Hydra's hydra.yaml, which
-    records lack."""
+    ``outside``. A run met more than once (its records archived inside ``root`` by
+    archive_runs.py: the same results.json) counts once, from its own directory: the one with
+    checkpoints or Hydra's hydra.yaml, which records lack."""
     copies: dict[bytes, list[Path]] = {}
     for path in sorted(root.rglob("results.json")):
         if outside is not None and path.resolve().is_relative_to(outside.resolve()):

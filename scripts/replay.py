@@ -17,8 +17,8 @@ from the checkpoint on (``momentum=0``: RMSprop leaves its momentum buffer unuse
 Each step prints its training loss, the gradient norm before clipping, the size of the step
 taken (the norm of the change of all parameters), and the largest singular value of each
 recurrent weight W_h: the recurrent gain that a plain LSTM's gradients explode with (BN-LSTM
-normalizes W_h h, so its scale does not matter there). ``--validate-every N`` validates as the
-run did, every N steps. The replay stops at the first non-finite loss or gradient norm, as the
+normalizes W_h h, so its scale does not matter there). ``--validate-every N`` validates every
+N steps as the trainer does, after the step's line. The replay stops at the first non-finite loss or gradient norm, as the
 trainer does, and says so.
 """
 
