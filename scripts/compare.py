@@ -13,11 +13,12 @@ Writes to DIR (default: the one ROOT; required with several):
   ``wall_seconds``) and the devices the runs trained on;
   then the runs not finished (stopped, still training elsewhere, or diverged), from their
   ``last.pt``: the epoch and step reached, the best validation so far, the time so far, and
-  the steps per second last logged with the time the steps still to go would take at it;
+  the steps per second last logged with the time the steps still to go would take at it; and
+  the diverged runs of which only records are left (archive_runs.py's), from results.json;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
   steps, one line per group, the mean over its seeds; and a dashed line for each run not
-  finished, up to where it stands.
+  finished, up to where it stands. The gradient norm is on a log scale.
 
     python scripts/compare.py results/shakespeare
     python scripts/compare.py results/lr1e-3 results/lr2e-3 --out results/lr
@@ -123,28 +124,61 @@ def load_runs(root: Path, outside: Path | None = None, statuses: tuple[str, ...]
 
 def unfinished_runs(root: Path) -> list[dict]:
     """The runs under ``root`` with a ``last.pt`` and no finished results (stopped, still
-    training elsewhere, or diverged): where each stands, from its checkpoint."""
-    runs = []
+    training elsewhere, or diverged): where each stands, from its checkpoint. Then the diverged
+    runs known only by their records (archive_runs.py's), from their results.json, so that a
+    seed that diverged is not lost from an archive's comparison."""
+    runs, listed = [], set()
     for path in sorted(root.rglob("last.pt")):
         results = results_or_none(path.parent / "results.json") if (path.parent / "results.json").is_file() else None
         status = results["status"] if results else "not finished"
         if status == "finished":
             continue
+        if results:
+            listed.add((path.parent / "results.json").read_bytes())
         try:  # a file being replaced, truncated, or anything else saved as last.pt
             checkpoint = read_checkpoint(path, CHECKPOINT_KEYS, "a checkpoint of rbn's trainer")
         except RunError as error:
             print(f"skipped: {error}", file=sys.stderr)
             continue
         trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
-        speeds = scalars(path.parent).get("train/steps_per_second", {})
         runs.append({
             "dir": path.parent, "data": checkpoint["config"]["data"]["name"], "status": status,
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
             **{key: progress[key] for key in ("epoch", "epoch_step", "step", "best", "best_step", "train_seconds")},
-            "devices": progress.get("devices", []),
-            "steps_per_second": speeds[max(speeds)] if speeds else None,
+            "devices": progress.get("devices", []), "steps_per_second": last_speed(path.parent),
         })
+    for path in sorted(root.rglob("results.json")):
+        if (path.parent / "last.pt").exists() or path.read_bytes() in listed:
+            continue
+        results = results_or_none(path)
+        if results is not None and results["status"] == "diverged":
+            record = diverged_record(path, results)
+            if record is not None:
+                runs.append(record)
     return runs
+
+
+def diverged_record(path: Path, results: dict) -> dict | None:
+    """A diverged run's row from its results.json alone (its epoch unknown; its best
+    validation and time where the trainer wrote them), or None, said on stderr."""
+    best = results.get("best_valid") or {}
+    try:
+        trainer = results["config"]["trainer"]
+        return {
+            "dir": path.parent, "data": results["run"]["data"], "status": "diverged",
+            "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"], "epoch": None,
+            "step": results["step"], "best": next((v for k, v in best.items() if k != "step"), None),
+            "best_step": best.get("step"), "train_seconds": results.get("train_seconds"),
+            "devices": results.get("devices", []), "steps_per_second": last_speed(path.parent),
+        }
+    except (KeyError, TypeError, AttributeError):
+        print(f"skipped {path}: diverged, but without its config's trainer, its data or its step", file=sys.stderr)
+        return None
+
+
+def last_speed(run_dir: Path) -> float | None:
+    speeds = scalars(run_dir).get("train/steps_per_second", {})
+    return speeds[max(speeds)] if speeds else None
 
 
 def steps_to_go(run: dict) -> int | None:
@@ -168,11 +202,14 @@ def unfinished_table(runs: dict[str, dict]) -> str:
     for name, run in sorted(runs.items()):
         step = f"{run['step']}" + (f" / {run['max_steps']}" if run["max_steps"] is not None else "")
         best = "" if run["best"] is None else f"{run['best']:.4f} ({run['best_step']})"
-        speed, to_go = run["steps_per_second"], steps_to_go(run)
-        goes_on = run["status"] == "not finished" and speed and to_go is not None
+        epoch = "" if run["epoch"] is None else run["epoch"] + 1
+        speed = run["steps_per_second"]
+        to_go = steps_to_go(run) if run["status"] == "not finished" else None
+        goes_on = speed and to_go is not None
+        time = "" if run["train_seconds"] is None else duration(run["train_seconds"])
         lines.append(
-            f"| {name} | {run['status']} | {run['epoch'] + 1} / {run['max_epochs']} | {step} | {best}"
-            f" | {duration(run['train_seconds'])} | {'' if speed is None else f'{speed:.2f}'}"
+            f"| {name} | {run['status']} | {epoch} / {run['max_epochs']} | {step} | {best}"
+            f" | {time} | {'' if speed is None else f'{speed:.2f}'}"
             f" | {duration(to_go / speed) if goes_on else ''} | {', '.join(run['devices'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -266,9 +303,10 @@ def mean_curve(curves: list[dict[int, float]]) -> tuple[list[int], list[float]]:
 def plot(data: str, groups: dict[str, list[dict]], unfinished: dict[str, dict], path: Path) -> None:
     """One panel per comparison chart; a group's color is the same in every panel, its
     training curve thin and its validation curve marked. A run not finished is a dashed line
-    of its own, labelled by its directory."""
+    of its own, labelled by its directory and status. The gradient norm is on a log scale: a
+    spike before a divergence spans orders of magnitude."""
     lines = [(f"{label} ({len(runs)})", [scalars(run["dir"]) for run in runs], "-") for label, runs in sorted(groups.items())]
-    lines += [(f"{name} (not finished)", [scalars(run["dir"])], "--") for name, run in sorted(unfinished.items())]
+    lines += [(f"{name} ({run['status']})", [scalars(run["dir"])], "--") for name, run in sorted(unfinished.items())]
     logged = {tag for _, run_scalars, _ in lines for values in run_scalars for tag in values}
     charts = comparison_charts("accuracy" if "train/accuracy" in logged else "bpc")
     figure, panels = plt.subplots(1, len(charts), figsize=(4.5 * len(charts), 4), squeeze=False)
@@ -283,8 +321,10 @@ def plot(data: str, groups: dict[str, list[dict]], unfinished: dict[str, dict], 
                 validation = tag.startswith("valid/")
                 axes.plot(steps, values, color=colors[index % len(colors)], marker="." if validation else None,
                           linewidth=1.5 if validation else 0.8, linestyle=linestyle, label=f"{label} {tag.split('/')[0]}")
-    for axes, title in zip(panels[0], charts):
+    for axes, (title, tags) in zip(panels[0], charts.items()):
         axes.set(title=title, xlabel="step", ylabel=METRICS.get(title, title))
+        if "train/grad_norm" in tags:
+            axes.set_yscale("log")
         axes.grid(alpha=0.3)
     if panels[0][0].get_legend_handles_labels()[0]:  # a run stopped before it logged has no curve yet
         panels[0][0].legend(fontsize="small")

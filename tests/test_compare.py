@@ -12,7 +12,6 @@ from trainer_helpers import TINY_TEXT, compose_config, diverged_run, load_script
 from rbn.trainer import comparison_charts
 
 
-
 def write_run(
     path: Path, model: str, seed: int, offset: float, data: str = "shakespeare", experiment: str | None = None,
     overrides: tuple[str, ...] = (), **results,
@@ -207,6 +206,33 @@ def test_a_diverged_run_is_listed_as_such_without_a_time_to_go(tmp_path, monkeyp
     row = (tmp_path / "s" / "compare.md").read_text().split("## Not finished")[1].splitlines()[-1]
     assert row.startswith("| run | diverged | 1 / 2 | 3 / 6 |") and row.endswith(" |  | cpu |")  # no time to go
     assert f"skipped {tmp_path / 's' / 'run'}: diverged" in capsys.readouterr().err
+
+
+def not_finished_rows(report_dir: Path) -> list[str]:
+    return (report_dir / "compare.md").read_text().split("## Not finished")[1].strip().splitlines()[2:]
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_an_archived_diverged_run_is_listed_from_its_records(tmp_path, monkeypatch):
+    run_dir = diverged_run(compose_config(*TINY_TEXT), tmp_path / "s" / "run", monkeypatch)
+    run_script(monkeypatch, load_script("archive_runs"), tmp_path / "s", tmp_path / "archive")
+    [figure] = compare(monkeypatch, str(tmp_path / "archive"))
+    assert "run (diverged) train" in [line.get_label() for line in figure.axes[0].lines]
+    assert [axes.get_yscale() for axes in figure.axes if axes.get_title().startswith("gradient norm")] == ["log"]
+    results = json.loads((run_dir / "results.json").read_text())
+    best, time = results["best_valid"]["bpc"], load_script("compare").duration(results["train_seconds"])
+    [row] = not_finished_rows(tmp_path / "archive")
+    assert row.startswith(f"| run | diverged |  / 2 | 4 / 6 | {best:.4f} (3) | {time} | ")  # epoch unknown
+    assert row.endswith(" |  | cpu |")
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_diverged_run_and_its_records_inside_the_root_are_listed_once(tmp_path, monkeypatch):
+    diverged_run(compose_config(*TINY_TEXT), tmp_path / "s" / "run", monkeypatch)
+    run_script(monkeypatch, load_script("archive_runs"), tmp_path / "s", tmp_path / "s" / "archive")
+    compare(monkeypatch, str(tmp_path / "s"))
+    [row] = not_finished_rows(tmp_path / "s")
+    assert row.startswith("| run | diverged | 1 / 2 | 3 / 6 |")  # from its checkpoint
 
 
 def set_where_it_stands(run_dir: Path, speeds: dict[int, float], max_steps: int | None, **progress) -> None:
