@@ -150,11 +150,12 @@ def unfinished_runs(root: Path) -> list[dict]:
     for path in sorted(root.rglob("results.json")):
         if (path.parent / "last.pt").exists() or path.read_bytes() in listed:
             continue
-        results = results_or_none(path)
-        if results is not None and results["status"] == "diverged":
-            record = diverged_record(path, results)
-            if record is not None:
-                runs.append(record)
+        try:
+            results = read_results(path)
+        except RunError:  # load_runs has said so
+            continue
+        if results["status"] == "diverged" and (record := diverged_record(path, results)) is not None:
+            runs.append(record)
     return runs
 
 
