@@ -1,16 +1,17 @@
 """What the scripts' command lines share. ``positive`` and ``output_file`` are argparse types;
-with ``device``, each refuses a bad value in argparse's one line before the script does any
-work, not after minutes of it."""
+with ``device`` and ``checkpoint``, each refuses a bad value in argparse's one line before the
+script does any work, not after minutes of it."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rbn.config import ConfigError
-from rbn.trainer import resolve_device
+from rbn.trainer import RunError, read_checkpoint, resolve_device
 
 
 def positive(text: str) -> int:
@@ -44,4 +45,14 @@ def device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     try:
         return resolve_device(name, option="--device")
     except ConfigError as error:
+        parser.error(str(error))
+
+
+def checkpoint(parser: argparse.ArgumentParser, path: Path, keys: set[str]) -> dict[str, Any]:
+    """The trainer's checkpoint at ``path``, holding at least ``keys``."""
+    if not path.is_file():
+        parser.error(f"{path} does not exist")
+    try:
+        return read_checkpoint(path, keys, "a checkpoint of rbn's trainer")
+    except RunError as error:
         parser.error(str(error))

@@ -28,7 +28,6 @@ from rbn.trainer import (  # noqa: E402
     build_dataset,
     build_model,
     load_parameters,
-    read_checkpoint,
     update_population_statistics,
     using_batch_statistics,
 )
@@ -56,12 +55,7 @@ def main() -> None:
     parser.add_argument("--estimate-batches", type=arguments.positive, default=20, help="training batches for update_bn")
     args = parser.parse_args()
     path = args.run_dir / "best.pt"
-    if not path.is_file():
-        parser.error(f"{path} does not exist")
-    try:
-        checkpoint = read_checkpoint(path, READS, "a checkpoint of rbn's trainer")
-    except RunError as error:
-        parser.error(str(error))
+    checkpoint = arguments.checkpoint(parser, path, READS)
     cfg = OmegaConf.create(checkpoint["config"])
     try:
         dataset = build_dataset(cfg, checkpoint["permutation"])

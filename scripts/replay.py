@@ -18,8 +18,8 @@ Each step prints its training loss, the gradient norm before clipping, the size 
 taken (the norm of the change of all parameters), and the largest singular value of each
 recurrent weight W_h: the recurrent gain that a plain LSTM's gradients explode with (BN-LSTM
 normalizes W_h h, so its scale does not matter there). ``--validate-every N`` validates every
-N steps as the trainer does, after the step's line. The replay stops at the first non-finite loss or gradient norm, as the
-trainer does, and says so.
+N steps as the trainer does, after the step's line. The replay stops at the first non-finite
+loss or gradient norm, as the trainer does, and says so.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import DataError  # noqa: E402
 from rbn.config import ConfigError, from_dict  # noqa: E402
-from rbn.trainer import CHECKPOINT_KEYS, Diverged, RunError, Trainer, read_checkpoint  # noqa: E402
+from rbn.trainer import CHECKPOINT_KEYS, Diverged, RunError, Trainer  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 
@@ -81,12 +81,7 @@ def main() -> None:
     parser.add_argument("--validate-every", type=arguments.positive, metavar="N")
     args = parser.parse_args()
     path = args.run_dir / f"{args.checkpoint}.pt"
-    if not path.is_file():
-        parser.error(f"{path} does not exist")
-    try:
-        checkpoint = read_checkpoint(path, CHECKPOINT_KEYS, "a checkpoint of rbn's trainer")
-    except RunError as error:
-        parser.error(str(error))
+    checkpoint = arguments.checkpoint(parser, path, CHECKPOINT_KEYS)
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copyfile(path, Path(scratch) / "last.pt")
         if (args.run_dir / "best.pt").is_file():  # as the run had it: the trainer checks it against last.pt
@@ -114,8 +109,8 @@ def main() -> None:
 def set_options(optimizer: torch.optim.Optimizer, options: list[tuple[str, float]]) -> str | None:
     """Sets each (key, value) in every parameter group; or says why not, for the first key
     that is not a numeric option of the optimizer."""
-    group = optimizer.param_groups[0]
-    numeric = [key for key, value in group.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    numeric = [key for key, value in optimizer.param_groups[0].items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)]
     for key, value in options:
         if key not in numeric:
             return f"{key}: {type(optimizer).__name__} has no numeric option {key!r}; it has {', '.join(numeric)}"
@@ -133,6 +128,7 @@ def print_rows(rows: Iterator[dict[str, float]]) -> None:
             print("  ".join(f"{key:>{width}}" for key, width in widths.items()))
         print("  ".join(f"{row[key]:>{width}.6g}" for key, width in widths.items())
               + "".join(f"  {key} {value:.6g}" for key, value in row.items() if key.startswith("valid")))
+
 
 if __name__ == "__main__":
     main()
