@@ -309,11 +309,13 @@ class _TrainingForward(nn.Module):
 
 @dataclass
 class _Interval:
-    """Training metrics since the last log line."""
+    """Training metrics since the last log line, and the time spent validating in it (which
+    the interval's steps per second leave out)."""
 
     metrics: Metrics
     first_step: int
     grad_norm_sum: float = 0.0
+    validation_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -426,7 +428,7 @@ class Trainer:
             for inputs, targets in self._remaining_batches():
                 self._train_step(inputs, targets, bar)
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
-                    self.validate()
+                    self._validate_timed()
                 self._stop_if_requested()
                 if self._at_step_limit():
                     break
@@ -434,10 +436,10 @@ class Trainer:
                 self._next_epoch()
                 # A step limit at an epoch's end validated there already, if a run trains on past it.
                 if trainer.eval_interval is None and progress.validated_step != progress.step:
-                    self.validate()
+                    self._validate_timed()
                     self._stop_if_requested()
         if progress.validated_step != progress.step:
-            self.validate()
+            self._validate_timed()
         self._stop_if_requested()  # a signal during the last validation, which fit() must not swallow
 
     def _stop_if_requested(self) -> None:
@@ -445,6 +447,14 @@ class Trainer:
         resumed run has nothing to redo."""
         if self.stop_signal is not None:
             raise _StopRequested
+
+    def _validate_timed(self) -> None:
+        """validate(), timed apart from the training steps: the log's steps per second are
+        training throughput, and its ETA adds the validations still to come at this one's time."""
+        started = time.perf_counter()
+        self.validate()
+        self._validation_seconds = time.perf_counter() - started
+        self._interval.validation_seconds += self._validation_seconds
 
     def _trains_further(self) -> bool:
         return self.progress.epoch < self.cfg.trainer.max_epochs and not self._at_step_limit()
@@ -668,6 +678,7 @@ class Trainer:
             total = min(total, self.cfg.trainer.max_steps)
         self._total_steps = total
         self._interval = _Interval(Metrics(self.task), self.progress.step)
+        self._validation_seconds = 0.0  # the last validation's, once this attempt has made one
         show = self.cfg.trainer.progress_bar and sys.stderr.isatty()
         return tqdm(total=total, initial=self.progress.step, unit="step", dynamic_ncols=True, disable=not show)
 
@@ -681,7 +692,7 @@ class Trainer:
         if step % self.cfg.trainer.log_interval:
             return
         steps = step - interval.first_step
-        steps_per_second = steps / (time.perf_counter() - interval.started)
+        steps_per_second = steps / (time.perf_counter() - interval.started - interval.validation_seconds)
         summary = interval.metrics.summary()
         scalars = {
             **summary,
@@ -693,7 +704,9 @@ class Trainer:
             self.writer.add_scalar(f"train/{name}", value, step)
         bar.set_postfix(summary, refresh=False)
         if bar.disable:
-            remaining = max(self._total_steps - step, 0) / steps_per_second
+            every = self.cfg.trainer.eval_interval or epoch_length(self.dataset, self.cfg.trainer.batch_size)
+            remaining = (max(self._total_steps - step, 0) / steps_per_second
+                         + validations(step, self._total_steps, every) * self._validation_seconds)
             log.info(
                 "step %d/%d epoch %d train %s | %.2f steps/s | ETA %s",
                 step, self._total_steps, self.progress.epoch + 1, _format(summary), steps_per_second,
@@ -950,6 +963,13 @@ def epoch_length(dataset, batch_size: int) -> int:
     if dataset.task == "classification":
         return math.ceil(len(dataset) / batch_size)
     return max((len(dataset) - 1) // (batch_size * dataset.segment_length), 1)
+
+
+def validations(first: int, last: int, every: int) -> int:
+    """The validations a run makes at steps first..last (first >= 1), as Trainer._train_epochs
+    makes them: at each multiple of ``every`` (eval_interval, or the epoch's length) and at the
+    last step if none was due there."""
+    return math.ceil(last / every) - (first - 1) // every if first <= last else 0
 
 
 def format_duration(seconds: float) -> str:

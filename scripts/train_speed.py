@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from hydra.errors import HydraException  # noqa: E402
 
 from data import DataError  # noqa: E402
 from rbn.config import ConfigError, check  # noqa: E402
-from rbn.trainer import Trainer, build_dataset, epoch_length  # noqa: E402
+from rbn.trainer import Trainer, build_dataset, epoch_length, validations  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -102,13 +101,11 @@ def measure(cfg, eval_batches: int) -> dict:
 
 
 def schedule(trainer, epoch_length: int) -> dict:
-    """The steps a run with this trainer config trains and the validations it makes, as
-    Trainer._train_epochs does: every eval_interval steps, or at each epoch's end, and at the
-    last step if none was due there."""
+    """The steps a run with this trainer config trains and the validations it makes."""
     steps = trainer.max_epochs * epoch_length
     if trainer.max_steps is not None:
         steps = min(steps, trainer.max_steps)
-    return dict(steps=steps, validations=math.ceil(steps / (trainer.eval_interval or epoch_length)))
+    return dict(steps=steps, validations=validations(1, steps, trainer.eval_interval or epoch_length))
 
 
 def main() -> None:

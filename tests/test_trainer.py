@@ -30,7 +30,7 @@ import data
 import rbn
 from data.text import build_corpus
 from rbn.trainer import (
-    RunError, Trainer, build_dataset, build_model, epoch_seed, format_duration, submitit_preemption_signal,
+    RunError, Trainer, build_dataset, build_model, epoch_seed, format_duration, submitit_preemption_signal, validations,
 )
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
@@ -485,6 +485,47 @@ def test_the_trainers_options_may_change_on_resume(tmp_path):
 @pytest.mark.parametrize("seconds, shown", [(0, "00:00:00"), (63869.4, "17:44:29"), (354385, "4d 02:26:25")])
 def test_the_time_left_counts_days_beyond_24_hours(seconds, shown):
     assert format_duration(seconds) == shown
+
+
+@pytest.mark.parametrize(
+    "first, last, every, count",
+    [
+        (1, 10, 4, 3),  # at 4, 8 and the last step
+        (5, 10, 4, 2),  # at 8 and 10
+        (8, 8, 4, 1),  # the validation due at the log line's own step is still to come
+        (9, 12, 4, 1),  # the last step is a multiple: one validation there
+        (11, 10, 4, 0),  # past the end (max_steps lowered on resume)
+    ],
+)
+def test_the_validations_still_to_come_are_counted_as_the_trainer_makes_them(first, last, every, count):
+    assert validations(first, last, every) == count
+
+
+def slow_validations(monkeypatch, seconds: float) -> None:
+    validate = Trainer.validate
+
+    def slow(self):
+        time.sleep(seconds)
+        return validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", slow)
+
+
+def test_the_logged_steps_per_second_leave_the_validations_out(tmp_path, monkeypatch):
+    slow_validations(monkeypatch, 1.0)
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=4", "trainer.eval_interval=2"), tmp_path).fit()
+    speeds = EventAccumulator(str(tmp_path)).Reload().Scalars("train/steps_per_second")
+    # Steps 3-4 follow the validation at step 2: with its second counted they could not reach 2 steps/s.
+    assert [event.step for event in speeds] == [2, 4] and speeds[1].value > 2
+
+
+def test_the_logged_time_left_includes_the_validations_to_come(tmp_path, monkeypatch, caplog):
+    slow_validations(monkeypatch, 1.0)
+    caplog.set_level("INFO", logger="rbn.trainer")
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8", "trainer.eval_interval=2"), tmp_path).fit()
+    (left,) = re.findall(r"step 4/8 .* ETA (\d\d):(\d\d):(\d\d)", caplog.text)
+    hours, minutes, seconds = map(int, left)
+    assert 3600 * hours + 60 * minutes + seconds >= 3  # the validations at steps 4, 6 and 8, a second each
 
 
 @pytest.mark.parametrize("implementation", ["model.backend=eager", "model.compile=true"])
