@@ -13,7 +13,9 @@ Writes to DIR (default: the one ROOT; required with several):
   ``wall_seconds``) and the devices the runs trained on;
   then the runs not finished (stopped, still training elsewhere, or diverged), from their
   ``last.pt``: the epoch and step reached, the best validation so far, the time so far, and
-  the steps per second last logged with the time the steps still to go would take at it; and
+  the training steps per second lately (the median of the last RECENT_SPEEDS logged, which a
+  load spike on a shared machine does not swing) with the time the steps still to go would
+  take at it; and
   the diverged runs of which only records are left (archive_runs.py's), from results.json;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
@@ -56,6 +58,9 @@ RUN_DESCRIPTION = {"experiment": (str, type(None)), "model": str, "data": str, "
 # Overrides that choose what a row is (data, experiment, model) or repeat it (seed) are not part
 # of its label; the experiment is, from results.json, where a dataset's runs come from several.
 NOT_IN_LABEL = {"seed", "model", "data", "experiment"}
+# A run not finished goes on at the median of its last 10 logged speeds: on a shared machine one
+# interval can run at a third of the others' speed.
+RECENT_SPEEDS = 10
 # The keys that do not change what is computed, which runs are not named by: train.py's NAMING.
 UNNAMED = set(OmegaConf.select(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml"),
                                "hydra.job.config.override_dirname.exclude_keys"))
@@ -145,7 +150,7 @@ def unfinished_runs(root: Path) -> list[dict]:
             "dir": path.parent, "data": checkpoint["config"]["data"]["name"], "status": status,
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
             **{key: progress[key] for key in ("epoch", "epoch_step", "step", "best", "best_step", "train_seconds")},
-            "devices": progress.get("devices", []), "steps_per_second": last_speed(path.parent),
+            "devices": progress.get("devices", []), "steps_per_second": recent_speed(path.parent),
         })
     for path in sorted(root.rglob("results.json")):
         if (path.parent / "last.pt").exists() or path.read_bytes() in listed:
@@ -170,16 +175,16 @@ def diverged_record(path: Path, results: dict) -> dict | None:
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"], "epoch": None,
             "step": results["step"], "best": next((v for k, v in best.items() if k != "step"), None),
             "best_step": best.get("step"), "train_seconds": results.get("train_seconds"),
-            "devices": results.get("devices", []), "steps_per_second": last_speed(path.parent),
+            "devices": results.get("devices", []), "steps_per_second": recent_speed(path.parent),
         }
     except (KeyError, TypeError, AttributeError):
         print(f"skipped {path}: diverged, but without its config's trainer, its data or its step", file=sys.stderr)
         return None
 
 
-def last_speed(run_dir: Path) -> float | None:
+def recent_speed(run_dir: Path) -> float | None:
     speeds = scalars(run_dir).get("train/steps_per_second", {})
-    return speeds[max(speeds)] if speeds else None
+    return statistics.median(speeds[step] for step in sorted(speeds)[-RECENT_SPEEDS:]) if speeds else None
 
 
 def steps_to_go(run: dict) -> int | None:
@@ -192,7 +197,7 @@ def steps_to_go(run: dict) -> int | None:
 
 def unfinished_table(runs: dict[str, dict]) -> str:
     """{name: run} as a table: epoch and step of the preset's, best validation so far, time so
-    far, and the training steps' time still to go at the speed last logged (validations not
+    far, and the training steps' time still to go at the recent speed (validations not
     counted), for a run that can go on."""
     lines = [
         "## Not finished",

@@ -258,11 +258,22 @@ def set_where_it_stands(run_dir: Path, speeds: dict[int, float], max_steps: int 
      (100, dict(epoch=0, epoch_step=10, step=10), "| 2.00 | 45 s |")],
     ids=["epochs", "max-steps", "first-epoch", "first-epoch-max-steps"],
 )
-def test_a_run_not_finished_says_its_last_speed_and_the_time_its_steps_to_go_take(tmp_path, monkeypatch, max_steps, progress, to_go):
+def test_a_run_not_finished_says_its_speed_and_the_time_its_steps_to_go_take(tmp_path, monkeypatch, max_steps, progress, to_go):
     stopped_progress(tmp_path / "s" / "run", monkeypatch, 4)
-    set_where_it_stands(tmp_path / "s" / "run", {2: 4.0, progress["step"]: 2.0}, max_steps, **progress)
+    set_where_it_stands(tmp_path / "s" / "run", {2: 2.0, progress["step"]: 2.0}, max_steps, **progress)
     compare(monkeypatch, str(tmp_path / "s"))
     assert to_go in (tmp_path / "s" / "compare.md").read_text()
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_run_not_finished_goes_on_at_its_recent_median_speed_not_its_last_intervals(tmp_path, monkeypatch):
+    """Its first ten intervals ran on a faster machine, and the last was slowed by another
+    process on this one."""
+    stopped_progress(tmp_path / "s" / "run", monkeypatch, 4)
+    speeds = {**{step: 100.0 for step in range(1, 11)}, **{step: 2.0 for step in range(11, 20)}, 20: 0.5}
+    set_where_it_stands(tmp_path / "s" / "run", speeds, 110, epoch=0, epoch_step=20, step=20)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| 2.00 | 45 s |" in (tmp_path / "s" / "compare.md").read_text()
 
 
 @pytest.mark.usefixtures("tiny_data")
