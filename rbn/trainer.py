@@ -448,13 +448,14 @@ class Trainer:
         if self.stop_signal is not None:
             raise _StopRequested
 
-    def _validate_timed(self) -> None:
+    def _validate_timed(self) -> dict[str, float]:
         """validate(), timed apart from the training steps: the log's steps per second are
         training throughput, and its ETA adds the validations still to come at this one's time."""
         started = time.perf_counter()
-        self.validate()
+        metrics = self.validate()
         self._validation_seconds = time.perf_counter() - started
         self._interval.validation_seconds += self._validation_seconds
+        return metrics
 
     def _trains_further(self) -> bool:
         return self.progress.epoch < self.cfg.trainer.max_epochs and not self._at_step_limit()

@@ -50,7 +50,7 @@ def optimizer_option(text: str) -> tuple[str, float]:
 
 def replay(trainer: Trainer, steps: int, validate_every: int | None) -> Iterator[dict[str, float]]:
     """The trainer's next ``steps`` training steps, each a row of the columns above. They are
-    the trainer's own step, batches and epochs (its private methods), not a copy of them."""
+    the trainer's own step, batches, epochs and validation (its private methods), not a copy of them."""
     parameters = list(trainer.model.parameters())
     recurrent = {name.rpartition(".")[2]: p for name, p in trainer.model.named_parameters() if "weight_hh" in name}
     last = trainer.progress.step + steps
@@ -65,7 +65,7 @@ def replay(trainer: Trainer, steps: int, validate_every: int | None) -> Iterator
                 for name, weight in recurrent.items():
                     row[f"‖{name}‖₂"] = float(torch.linalg.matrix_norm(weight.detach().float(), 2))
                 if validate_every and trainer.progress.step % validate_every == 0:
-                    row.update({f"valid {name}": value for name, value in trainer.validate().items()})
+                    row.update({f"valid {name}": value for name, value in trainer._validate_timed().items()})
                 yield row
                 if trainer.progress.step == last:
                     return
