@@ -57,6 +57,8 @@ def main() -> None:
     path = args.run_dir / "best.pt"
     checkpoint = arguments.checkpoint(parser, path, READS)
     cfg = OmegaConf.create(checkpoint["config"])
+    # Eight combinations of BN modes would each recompile a compiled step, past dynamo's limit.
+    cfg.model.compile = False
     try:
         dataset = build_dataset(cfg, checkpoint["permutation"])
     except DataError as error:

@@ -36,6 +36,15 @@ def test_all_batch_and_all_population_rows_reproduce_the_final_evaluation(tmp_pa
         assert loss == pytest.approx(results[split]["loss"], abs=5e-5), split
 
 
+def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(tmp_path, monkeypatch, capfd):
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).run()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    best["config"]["model"]["compile"] = True  # as the BN-LSTM MNIST runs on CPU train
+    torch.save(best, tmp_path / "best.pt")
+    run_script(monkeypatch, load_script("population_gap"), str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    assert "recompile" not in capfd.readouterr().err
+
+
 def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     Trainer(compose_config(*TINY, "model=lnlstm"), tmp_path).run()
     with pytest.raises(SystemExit):
