@@ -1,17 +1,20 @@
 """What the scripts' command lines share. ``positive`` and ``output_file`` are argparse types;
 with ``device`` and ``checkpoint``, each refuses a bad value in argparse's one line before the
-script does any work, not after minutes of it."""
+script does any work, not after minutes of it. ``rebuilt_trainer`` is a run's trainer in a
+scratch directory, for the scripts that take a run further without touching it."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rbn.config import ConfigError
-from rbn.trainer import RunError, read_checkpoint, resolve_device
+from data import DataError
+from rbn.config import ConfigError, from_dict
+from rbn.trainer import RunError, Trainer, read_checkpoint, resolve_device
 
 
 def positive(text: str) -> int:
@@ -56,3 +59,23 @@ def checkpoint(parser: argparse.ArgumentParser, path: Path, keys: set[str]) -> d
         return read_checkpoint(path, keys, "a checkpoint of rbn's trainer")
     except RunError as error:
         parser.error(str(error))
+
+
+def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dict[str, Any], scratch: Path,
+                    best: Path | None = None, device: str | None = None) -> Trainer:
+    """The trainer of the run that wrote ``checkpoint`` (read from ``path``), rebuilt from its
+    config (whatever conf/ says now) and resuming from a copy of it in ``scratch``, with a copy
+    of ``best`` as its best.pt: the run's own directory is only read. ``device`` replaces the
+    run's ``trainer.device`` (and turns CUDA graphs off on a CPU)."""
+    shutil.copyfile(path, scratch / "last.pt")
+    if best is not None and best.is_file():
+        shutil.copyfile(best, scratch / "best.pt")
+    try:
+        cfg = from_dict(checkpoint["config"])
+        cfg.trainer.progress_bar = False  # the scripts print their own lines
+        if device is not None:
+            cfg.trainer.device = device
+            cfg.trainer.cuda_graphs = cfg.trainer.cuda_graphs and resolve_device(device).type == "cuda"
+        return Trainer(cfg, scratch)
+    except (ConfigError, DataError, RunError) as error:
+        parser.error(f"cannot rebuild the run of {path}: {error}")

@@ -25,7 +25,6 @@ loss or gradient norm, as the trainer does, and says so.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -34,9 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data import DataError  # noqa: E402
-from rbn.config import ConfigError, from_dict  # noqa: E402
-from rbn.trainer import CHECKPOINT_KEYS, Diverged, RunError, Trainer  # noqa: E402
+from rbn.trainer import CHECKPOINT_KEYS, Diverged, Trainer  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 
@@ -83,15 +80,8 @@ def main() -> None:
     path = args.run_dir / f"{args.checkpoint}.pt"
     checkpoint = arguments.checkpoint(parser, path, CHECKPOINT_KEYS)
     with tempfile.TemporaryDirectory() as scratch:
-        shutil.copyfile(path, Path(scratch) / "last.pt")
-        if (args.run_dir / "best.pt").is_file():  # as the run had it: the trainer checks it against last.pt
-            shutil.copyfile(args.run_dir / "best.pt", Path(scratch) / "best.pt")
-        try:
-            cfg = from_dict(checkpoint["config"])
-            cfg.trainer.progress_bar = False  # the lines below are the progress
-            trainer = Trainer(cfg, scratch)
-        except (ConfigError, DataError, RunError) as error:
-            parser.error(f"cannot rebuild the run of {path}: {error}")
+        # best.pt as the run had it: the trainer checks it against last.pt.
+        trainer = arguments.rebuilt_trainer(parser, path, checkpoint, Path(scratch), args.run_dir / "best.pt")
         try:
             unknown = set_options(trainer.optimizer, args.optim)
             if unknown:

@@ -1,0 +1,61 @@
+"""Tests a run as it stands, by the paper's procedure, without touching it:
+``python scripts/evaluate.py RUN_DIR [--device DEVICE] [--json PATH]``.
+
+    python scripts/evaluate.py runs/pmnist/bnlstm-seed0                 # while it trains on
+    python scripts/evaluate.py runs/pmnist/bnlstm-seed0 --device cpu --json interim.json
+
+Runs the trainer's final evaluation on the run's best.pt so far: for BN-LSTM, validation with
+batch statistics (the metric that chose best.pt), then population statistics re-estimated over
+the training set, and validation and test with them; for the other layers, validation and test.
+The numbers are those results.json would hold if the run ended now, which the training log's
+validation (batch statistics for BN-LSTM) does not show. RUN_DIR is only read: the evaluation
+runs in a temporary directory, so a run still training is not disturbed. ``--json`` writes
+what results.json would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rbn.trainer import CHECKPOINT_KEYS  # noqa: E402
+from scripts import arguments  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--device", help="where to evaluate (default: the run's trainer.device)")
+    parser.add_argument("--json", type=arguments.output_file, metavar="PATH", help="write the results here")
+    args = parser.parse_args()
+    if args.device is not None:
+        arguments.device(parser, args.device)
+    best = args.run_dir / "best.pt"
+    if not best.is_file() and (args.run_dir / "last.pt").is_file():
+        parser.error(f"{best} does not exist: {args.run_dir} has not validated yet")
+    checkpoint = arguments.checkpoint(parser, best, CHECKPOINT_KEYS)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = arguments.rebuilt_trainer(parser, best, checkpoint, Path(scratch), best, args.device)
+        try:
+            results = trainer.final_evaluation()
+        finally:
+            trainer.writer.close()  # before its directory goes
+    last = args.run_dir / "last.pt"
+    trained = arguments.checkpoint(parser, last, {"progress"})["progress"]["step"] if last.is_file() else results["step"]
+    print(f"{args.run_dir}: best.pt of step {results['step']} (trained to step {trained}), the paper's test procedure\n")
+    rows = {"valid": results["valid"], "test": results["test"]}
+    if trainer.has_batch_norm():
+        rows = {"valid, batch statistics": results["valid_batch_statistics"], "valid, population statistics":
+                results["valid"], "test, population statistics": results["test"]}
+    for split, metrics in rows.items():
+        print(f"{split}: " + " ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""scripts/evaluate.py, in process on the trainer's tiny data (the ``tiny_data`` fixture)."""
+
+import json
+
+import pytest
+import torch
+from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error, stopped_run
+
+from rbn.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("tiny_data")
+SPLITS = ("valid_batch_statistics", "valid", "test")
+
+
+def evaluate(monkeypatch, capsys, *args) -> list[str]:
+    run_script(monkeypatch, load_script("evaluate"), *args)
+    return capsys.readouterr().out.splitlines()
+
+
+def evaluate_error(monkeypatch, capsys, *args) -> str:
+    return script_error(lambda: run_script(monkeypatch, load_script("evaluate"), *args), capsys, "evaluate.py")
+
+
+def contents(run_dir) -> dict[str, bytes]:
+    return {str(path.relative_to(run_dir)): path.read_bytes() for path in sorted(run_dir.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("overrides", [TINY, [*TINY_TEXT, "model=lnlstm"]], ids=["bnlstm-seqmnist", "lnlstm-text"])
+def test_the_results_are_the_final_evaluations_of_the_best_checkpoint(tmp_path, monkeypatch, capsys, overrides):
+    results = Trainer(compose_config(*overrides), tmp_path / "run").run()
+    evaluate(monkeypatch, capsys, tmp_path / "run", "--json", tmp_path / "now.json")
+    now = json.loads((tmp_path / "now.json").read_text())
+    assert (now["status"], now["step"]) == ("finished", results["best_step"])
+    for split in SPLITS:
+        assert now[split] == pytest.approx(results[split], rel=1e-6), split
+
+
+def test_bn_lstm_prints_validation_with_batch_and_population_statistics_and_test(tmp_path, monkeypatch, capsys):
+    results = Trainer(compose_config(*TINY), tmp_path).run()
+    lines = evaluate(monkeypatch, capsys, tmp_path)
+    assert lines[0] == f"{tmp_path}: best.pt of step {results['best_step']} (trained to step 6), the paper's test procedure"
+    assert [line.split(":")[0] for line in lines[2:]] == [
+        "valid, batch statistics", "valid, population statistics", "test, population statistics"]
+    accuracy = float(lines[-1].split("accuracy ")[1])
+    assert accuracy == pytest.approx(results["test"]["accuracy"], abs=5e-5)
+
+
+def test_a_layer_without_batch_statistics_prints_validation_and_test(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY_TEXT, "model=lstm"), tmp_path).run()
+    lines = evaluate(monkeypatch, capsys, tmp_path)
+    assert [line.split(":")[0] for line in lines[2:]] == ["valid", "test"]
+    assert lines[-1].startswith("test: loss ") and " bpc " in lines[-1]
+
+
+def test_a_run_still_training_is_evaluated_at_its_best_so_far_and_left_as_it_was(tmp_path, monkeypatch, capsys):
+    stopped_run(compose_config(*TINY), tmp_path, monkeypatch, 5)  # validated at step 3, stopped at 5
+    before = contents(tmp_path)
+    lines = evaluate(monkeypatch, capsys, tmp_path)
+    assert lines[0] == f"{tmp_path}: best.pt of step 3 (trained to step 5), the paper's test procedure"
+    assert contents(tmp_path) == before
+
+
+def test_device_evaluates_a_run_trained_with_cuda_graphs_on_a_cpu(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY), tmp_path).run()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    best["config"]["trainer"].update(device="cuda", cuda_graphs=True)  # as a run carried from a GPU has it
+    torch.save(best, tmp_path / "best.pt")
+    if not torch.cuda.is_available():
+        assert "trainer.device=cuda but CUDA is not available here" in evaluate_error(monkeypatch, capsys, tmp_path)
+    assert evaluate(monkeypatch, capsys, tmp_path, "--device", "cpu")[-1].startswith("test, population statistics: loss ")
+
+
+def test_a_run_that_has_not_validated_yet_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    stopped_run(compose_config(*TINY), tmp_path, monkeypatch, 2)
+    error = evaluate_error(monkeypatch, capsys, tmp_path)
+    assert error.endswith(f"{tmp_path / 'best.pt'} does not exist: {tmp_path} has not validated yet")
+
+
+def test_a_directory_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    assert evaluate_error(monkeypatch, capsys, tmp_path).endswith(f"{tmp_path / 'best.pt'} does not exist")
+
+
+def test_an_unknown_device_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    assert "--device" in evaluate_error(monkeypatch, capsys, tmp_path, "--device", "tpu")
