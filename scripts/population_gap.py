@@ -1,12 +1,13 @@
 """Which of a BN-LSTM's normalizations lose accuracy with population statistics:
-``python scripts/population_gap.py RUN_DIR [--batches N] [--estimate-batches M]``.
+``python scripts/population_gap.py RUN_DIR [--batches N] [--batch-size B] [--estimate-batches M]``.
 
 Loads RUN_DIR/best.pt (its config comes with it), re-estimates the population statistics as
 the trainer's final evaluation does (``update_bn`` over the first M training batches of
 epoch 0), then evaluates the first N validation batches with every combination of batch and
 population statistics for the three normalizations of the paper's equations: BN(W_x x),
-BN(W_h h) and BN(c), each the same in every layer and direction. For classification runs
-(sequential and permuted MNIST).
+BN(W_h h) and BN(c), each the same in every layer and direction. Validation batches are the
+run's size unless ``--batch-size`` says otherwise: batch statistics over more images (the
+population rows do not depend on it). For classification runs (sequential and permuted MNIST).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--batches", type=arguments.positive, default=8, help="validation batches to evaluate")
+    parser.add_argument("--batch-size", type=arguments.positive, help="images per validation batch (default: the run's)")
     parser.add_argument("--estimate-batches", type=arguments.positive, default=20, help="training batches for update_bn")
     args = parser.parse_args()
     path = args.run_dir / "best.pt"
@@ -78,11 +80,12 @@ def main() -> None:
     torch.manual_seed(cfg.seed)  # the h0 noise, if any, during the estimate
     update_population_statistics(model, dataset, cfg, args.estimate_batches)
     model.eval()
-    valid = list(itertools.islice(dataset.batches("valid", cfg.trainer.batch_size), args.batches))
+    batch_size = args.batch_size or cfg.trainer.batch_size
+    valid = list(itertools.islice(dataset.batches("valid", batch_size), args.batches))
 
     images = sum(len(targets) for _, targets in valid)
-    print(f"{args.run_dir}: step {checkpoint['progress']['step']}, {images} validation images, "
-          f"population statistics from {args.estimate_batches} training batches\n")
+    print(f"{args.run_dir}: step {checkpoint['progress']['step']}, {images} validation images in batches of "
+          f"{batch_size}, population statistics from {args.estimate_batches} training batches\n")
     print(f"| {' | '.join(NORMALIZATIONS.values())} | accuracy | loss |")
     print(f"|{'---|' * len(NORMALIZATIONS)}---:|---:|")
     for choice in itertools.product(("batch", "population"), repeat=len(NORMALIZATIONS)):

@@ -102,7 +102,18 @@ def test_a_best_pt_that_its_config_no_longer_builds_is_a_one_line_error_naming_i
     assert f"{tmp_path / 'best.pt'} does not fit the model its config builds now (size mismatch for " in error
 
 
-@pytest.mark.parametrize("option", ["--batches", "--estimate-batches"])
+def test_the_batch_size_changes_only_the_rows_with_batch_statistics(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY, "model.h0_noise_std=0"), tmp_path).run()
+    tables = {}
+    for size in ("2", "6"):
+        rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batch-size", size, "--estimate-batches", "2")
+        assert rows[0].endswith(f"6 validation images in batches of {size}, population statistics from 2 training batches")
+        tables[size] = [row for row in rows if row.startswith("| batch") or row.startswith("| population")]
+    assert tables["2"][-1] == tables["6"][-1]  # population statistics everywhere: each image on its own
+    assert tables["2"][0] != tables["6"][0]
+
+
+@pytest.mark.parametrize("option", ["--batches", "--batch-size", "--estimate-batches"])
 @pytest.mark.parametrize("count", ["0", "-1"])
 def test_batch_counts_must_be_positive(tmp_path, monkeypatch, capsys, option, count):
     assert f"must be a positive integer, got {count}" in one_line_error(monkeypatch, capsys, str(tmp_path), option, count)
