@@ -65,17 +65,21 @@ def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dic
                     best: Path | None = None, device: str | None = None) -> Trainer:
     """The trainer of the run that wrote ``checkpoint`` (read from ``path``), rebuilt from its
     config (whatever conf/ says now) and resuming from a copy of it in ``scratch``, with a copy
-    of ``best`` as its best.pt: the run's own directory is only read. ``device`` replaces the
-    run's ``trainer.device`` (and turns CUDA graphs off on a CPU)."""
+    of ``best`` as its best.pt: the run's own directory is only read. ``device`` (``--device``)
+    replaces the run's ``trainer.device``; CUDA graphs stay on only on a CUDA device."""
     shutil.copyfile(path, scratch / "last.pt")
     if best is not None and best.is_file():
         shutil.copyfile(best, scratch / "best.pt")
     try:
         cfg = from_dict(checkpoint["config"])
         cfg.trainer.progress_bar = False  # the scripts print their own lines
-        if device is not None:
-            cfg.trainer.device = device
-            cfg.trainer.cuda_graphs = cfg.trainer.cuda_graphs and resolve_device(device).type == "cuda"
+        cfg.trainer.device = device or cfg.trainer.device
+        try:
+            here = resolve_device(cfg.trainer.device)
+        except ConfigError:
+            parser.error(f"the run of {path} ran on trainer.device={cfg.trainer.device}, which is not here: "
+                         "--device cpu (or another) runs it here")
+        cfg.trainer.cuda_graphs = cfg.trainer.cuda_graphs and here.type == "cuda"
         return Trainer(cfg, scratch)
     except (ConfigError, DataError, RunError) as error:
         parser.error(f"cannot rebuild the run of {path}: {error}")

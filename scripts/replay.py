@@ -1,7 +1,7 @@
 """Replays a run's training steps from one of its checkpoints, one line a step, to see why it
 diverged or what an optimizer option would have changed there:
 ``python scripts/replay.py RUN_DIR [--checkpoint last|best] [--steps 100] [--optim KEY=VALUE ...]
-[--validate-every N]``.
+[--validate-every N] [--device DEVICE]``.
 
     python scripts/replay.py runs/pmnist/lstm-seed0 --steps 60                # the steps it diverged in
     python scripts/replay.py runs/pmnist/lstm-seed0 --steps 60 --optim momentum=0
@@ -9,8 +9,8 @@ diverged or what an optimizer option would have changed there:
 
 The steps are the trainer's own, with the run's config (the checkpoint's, whatever conf/ says
 now), batches, random state and carried state: without --optim they repeat the run's steps
-exactly on the same machine and torch. RUN_DIR is only read; the steps are taken in a
-temporary directory. ``--optim KEY=VALUE`` sets an option of the optimizer's parameter groups
+exactly on the same machine and torch (``--device cpu`` takes a GPU run's steps on a CPU,
+close to them). RUN_DIR is only read; the steps are taken in a temporary directory. ``--optim KEY=VALUE`` sets an option of the optimizer's parameter groups
 from the checkpoint on (``momentum=0``: RMSprop leaves its momentum buffer unused;
 ``lr=1e-4``); the rest of the optimizer's state is the checkpoint's.
 
@@ -76,12 +76,15 @@ def main() -> None:
     parser.add_argument("--steps", type=arguments.positive, default=100)
     parser.add_argument("--optim", type=optimizer_option, action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--validate-every", type=arguments.positive, metavar="N")
+    parser.add_argument("--device", help="where to replay (default: the run's trainer.device)")
     args = parser.parse_args()
+    if args.device is not None:
+        arguments.device(parser, args.device)
     path = args.run_dir / f"{args.checkpoint}.pt"
     checkpoint = arguments.checkpoint(parser, path, CHECKPOINT_KEYS)
     with tempfile.TemporaryDirectory() as scratch:
         # best.pt as the run had it: the trainer checks it against last.pt.
-        trainer = arguments.rebuilt_trainer(parser, path, checkpoint, Path(scratch), args.run_dir / "best.pt")
+        trainer = arguments.rebuilt_trainer(parser, path, checkpoint, Path(scratch), args.run_dir / "best.pt", args.device)
         try:
             unknown = set_options(trainer.optimizer, args.optim)
             if unknown:

@@ -124,3 +124,17 @@ def test_a_checkpoint_whose_config_this_version_cannot_rebuild_is_a_one_line_err
     error = one_line_error(monkeypatch, capsys, copy)
     assert error.endswith("the saved config's model.retired_option does not fit this version: "
                           "Key 'retired_option' not in 'BNLSTMConfig'")
+
+
+def test_device_replays_a_run_that_trained_on_a_gpu_here(run_at_step_2, monkeypatch, capsys):
+    run, copy = run_at_step_2
+    Trainer(compose_config(*PER_STEP, "trainer.max_steps=3"), run).run()
+    logged = {e.step: e.value for e in EventAccumulator(str(run)).Reload().Scalars("train/loss")}
+    checkpoint = torch.load(copy / "last.pt", weights_only=True)
+    checkpoint["config"]["trainer"].update(device="cuda", cuda_graphs=True)  # as a run carried from a GPU has it
+    torch.save(checkpoint, copy / "last.pt")
+    if not torch.cuda.is_available():
+        assert one_line_error(monkeypatch, capsys, copy).endswith(
+            "ran on trainer.device=cuda, which is not here: --device cpu (or another) runs it here")
+    (row,), _ = replay(monkeypatch, capsys, copy, "--steps", 1, "--device", "cpu")
+    assert row["loss"] == pytest.approx(logged[3], rel=1e-5)
