@@ -4,7 +4,9 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error, stopped_run
+from trainer_helpers import (
+    NO_GPU_HERE, TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error, stopped_run,
+)
 
 from rbn.trainer import Trainer
 
@@ -62,12 +64,9 @@ def test_a_run_still_training_is_evaluated_at_its_best_so_far_and_left_as_it_was
 
 def test_device_evaluates_a_run_trained_with_cuda_graphs_on_a_cpu(tmp_path, monkeypatch, capsys):
     Trainer(compose_config(*TINY), tmp_path).run()
-    best = torch.load(tmp_path / "best.pt", weights_only=True)
-    best["config"]["trainer"].update(device="cuda", cuda_graphs=True)  # as a run carried from a GPU has it
-    torch.save(best, tmp_path / "best.pt")
+    as_if_trained_on_a_gpu(tmp_path / "best.pt")
     if not torch.cuda.is_available():
-        assert evaluate_error(monkeypatch, capsys, tmp_path).endswith(
-            "ran on trainer.device=cuda, which is not here: --device cpu (or another) runs it here")
+        assert evaluate_error(monkeypatch, capsys, tmp_path).endswith(NO_GPU_HERE)
     assert evaluate(monkeypatch, capsys, tmp_path, "--device", "cpu")[-1].startswith("test, population statistics: loss ")
 
 

@@ -7,7 +7,7 @@ import torch
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import TINY, compose_config, load_script, run_script, script_error
+from trainer_helpers import NO_GPU_HERE, TINY, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error
 
 from rbn.trainer import Trainer
 
@@ -130,11 +130,8 @@ def test_device_replays_a_run_that_trained_on_a_gpu_here(run_at_step_2, monkeypa
     run, copy = run_at_step_2
     Trainer(compose_config(*PER_STEP, "trainer.max_steps=3"), run).run()
     logged = {e.step: e.value for e in EventAccumulator(str(run)).Reload().Scalars("train/loss")}
-    checkpoint = torch.load(copy / "last.pt", weights_only=True)
-    checkpoint["config"]["trainer"].update(device="cuda", cuda_graphs=True)  # as a run carried from a GPU has it
-    torch.save(checkpoint, copy / "last.pt")
+    as_if_trained_on_a_gpu(copy / "last.pt")
     if not torch.cuda.is_available():
-        assert one_line_error(monkeypatch, capsys, copy).endswith(
-            "ran on trainer.device=cuda, which is not here: --device cpu (or another) runs it here")
+        assert one_line_error(monkeypatch, capsys, copy).endswith(NO_GPU_HERE)
     (row,), _ = replay(monkeypatch, capsys, copy, "--steps", 1, "--device", "cpu")
     assert row["loss"] == pytest.approx(logged[3], rel=1e-5)

@@ -87,6 +87,17 @@ def diverged_run(cfg, run_dir: Path, monkeypatch) -> Path:
     return run_dir
 
 
+# The one-line error of a script asked to rebuild such a run where there is no GPU.
+NO_GPU_HERE = "ran on trainer.device=cuda, which is not here: --device cpu (or another) runs it here"
+
+
+def as_if_trained_on_a_gpu(path: Path) -> None:
+    """Rewrites the checkpoint at ``path`` with the trainer config of a run carried from a GPU."""
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["trainer"].update(device="cuda", cuda_graphs=True)
+    torch.save(checkpoint, path)
+
+
 def load_script(name: str):
     """scripts/<name>.py, imported afresh in this process."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
