@@ -388,21 +388,22 @@ class Trainer:
                      "(its results so far are now %s)", self.run_dir, self.progress.step, kept.name)
         self._write_hparams_start()
         self._write_layout()
-        try:
-            self.fit()
-        except Diverged as error:
-            log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
-            # What it had reached before, and what it cost: a diverged run is a result too.
-            best = {SELECTION[self.task][0]: self.progress.best, "step": self.progress.best_step}
-            return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error),
-                                        "best_valid": best, **self._times()})
-        try:
-            results = self.final_evaluation()
-        except KeyboardInterrupt:
-            log.warning("interrupted during the final evaluation; run the same command to evaluate again")
-            raise SystemExit(130) from None
-        self.writer.close()
-        return results
+        # Closed on every way out, a stop by signal included: TensorBoard's writer thread is a
+        # daemon, which the process's exit kills with the events it has not written yet.
+        with self.writer:
+            try:
+                self.fit()
+            except Diverged as error:
+                log.error("%s; stopped, %s stays as it was", error, self.run_dir / "last.pt")
+                # What it had reached before, and what it cost: a diverged run is a result too.
+                best = {SELECTION[self.task][0]: self.progress.best, "step": self.progress.best_step}
+                return self._write_results({"status": "diverged", "step": self.progress.step, "error": str(error),
+                                            "best_valid": best, **self._times()})
+            try:
+                return self.final_evaluation()
+            except KeyboardInterrupt:
+                log.warning("interrupted during the final evaluation; run the same command to evaluate again")
+                raise SystemExit(130) from None
 
     def fit(self) -> None:
         """Trains until max_epochs or max_steps, validating every eval_interval steps (or at

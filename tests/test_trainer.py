@@ -15,6 +15,7 @@ from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 from trainer_helpers import (
     GRADIENT_FLOW,
     TINY,
@@ -261,6 +262,18 @@ def test_sigterm_saves_the_current_step_and_exits_with_143_and_a_rerun_resumes(t
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     Trainer(compose_config(*TINY_TEXT), tmp_path).fit()
     assert load(tmp_path / "last.pt")["progress"]["step"] == 6
+
+
+def test_a_stopped_run_has_written_its_events_when_it_stops(tmp_path, monkeypatch):
+    """TensorBoard's writer hands events to a thread of its own, which a process that exits
+    kills with what it has not written yet: here a slow one, as on a loaded machine."""
+    write = RecordWriter.write
+    monkeypatch.setattr(RecordWriter, "write", lambda self, data: (time.sleep(0.02), write(self, data)))
+    trainer = Trainer(compose_config(*TINY_TEXT), tmp_path)
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        interrupt_at(patch, 4)
+        trainer.run()
+    assert [event.step for event in EventAccumulator(str(tmp_path)).Reload().Scalars("train/loss")] == [2, 4]
 
 
 @pytest.mark.usefixtures("default_sigterm")
