@@ -69,7 +69,9 @@ def _from_torchvision(root: Path, download: bool) -> dict[str, Tensor]:
         official_test = MNIST(root / "torchvision", train=False, download=download)
     except RuntimeError as error:
         reason = " ".join(str(error).split())  # torchvision's message spans lines
-        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded: {reason}") from None
+        # Where it looked: torchvision 0.19 (torch 2.4's) names only the file it could not download.
+        tried = f" from {', '.join(MNIST.mirrors)}" if download else ""
+        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded{tried}: {reason}") from None
     pixels, labels = official_train.data.reshape(-1, PIXELS), official_train.targets
     return {
         "train_pixels": pixels[:50_000], "train_labels": labels[:50_000],
