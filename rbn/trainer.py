@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +356,13 @@ class Trainer:
         if device_name not in self.progress.devices:
             self.progress.devices.append(device_name)
         # Events after the resumed step, from an attempt that went further, are discarded.
-        self.writer = SummaryWriter(self.run_dir, purge_step=self.progress.step + 1)
+        self._purge_step = self.progress.step + 1
+
+    @cached_property
+    def writer(self) -> SummaryWriter:
+        """The run's TensorBoard writer, made at its first use: a finished run, run again,
+        gets no event file."""
+        return SummaryWriter(self.run_dir, purge_step=self._purge_step)
 
     def _check_before_training(self) -> None:
         """What only the data or the device can refuse, in one line here rather than at the

@@ -393,12 +393,13 @@ def test_validation_with_batch_statistics_leaves_out_a_last_batch_of_one_sequenc
     assert whole == trainer.evaluate("valid", batch_statistics=True)
 
 
-def test_a_finished_run_is_not_trained_again(tmp_path):
+def test_a_finished_run_is_not_trained_again_and_its_directory_is_left_as_it_was(tmp_path):
+    """Not even an empty event file: a sweep run again to finish its other jobs reruns this one."""
     cfg = compose_config(*TINY_TEXT)
     first = Trainer(cfg, tmp_path).run()
-    modified = (tmp_path / "last.pt").stat().st_mtime_ns
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.iterdir()}
     assert Trainer(cfg, tmp_path).run() == first
-    assert (tmp_path / "last.pt").stat().st_mtime_ns == modified
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.iterdir()} == files
 
 
 def test_a_finished_run_trains_on_when_its_step_limit_is_raised(tmp_path):
