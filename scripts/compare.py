@@ -15,7 +15,8 @@ Writes to DIR (default: the one ROOT; required with several):
   ``last.pt``: the epoch and step reached, the best validation so far, the time so far, and
   the training steps per second lately (the median of the last RECENT_SPEEDS logged, which a
   load spike on a shared machine does not swing) with the time the steps still to go would
-  take at it; and
+  take at it; below them, if a BN-LSTM is among them, a line saying that its validation there
+  uses batch statistics (``scripts/evaluate.py`` gives its test procedure's); and
   the diverged runs of which only records are left (archive_runs.py's), from results.json;
 - ``curves_<data>.png``: the charts of every run's TensorBoard layout ("compare runs":
   training and validation metric, loss, gradient norm, steps per second) against training
@@ -61,6 +62,12 @@ NOT_IN_LABEL = {"seed", "model", "data", "experiment"}
 # A run not finished goes on at the median of its last 10 logged speeds: on a shared machine one
 # interval can run at a third of the others' speed.
 RECENT_SPEEDS = 10
+# Under the table of runs not finished that has a BN-LSTM: its validation there is not its test's.
+BATCH_STATISTICS_NOTE = (
+    "A BN-LSTM's best validation here is training's, with batch statistics, which chose its best.pt; its final "
+    "evaluation normalizes with population statistics and can read higher: `python scripts/evaluate.py RUN_DIR` "
+    "gives it for the run as it stands."
+)
 # The keys that do not change what is computed, which runs are not named by: train.py's NAMING.
 UNNAMED = set(OmegaConf.select(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "config.yaml"),
                                "hydra.job.config.override_dirname.exclude_keys"))
@@ -147,7 +154,8 @@ def unfinished_runs(root: Path) -> list[dict]:
             continue
         trainer, progress = checkpoint["config"]["trainer"], checkpoint["progress"]
         runs.append({
-            "dir": path.parent, "data": checkpoint["config"]["data"]["name"], "status": status,
+            "dir": path.parent, "data": checkpoint["config"]["data"]["name"],
+            "model": checkpoint["config"]["model"]["name"], "status": status,
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"],
             **{key: progress[key] for key in ("epoch", "epoch_step", "step", "best", "best_step", "train_seconds")},
             "devices": progress.get("devices", []), "steps_per_second": recent_speed(path.parent),
@@ -171,14 +179,14 @@ def diverged_record(path: Path, results: dict) -> dict | None:
     try:
         trainer = results["config"]["trainer"]
         return {
-            "dir": path.parent, "data": results["run"]["data"], "status": "diverged",
+            "dir": path.parent, "data": results["run"]["data"], "model": results["run"]["model"], "status": "diverged",
             "max_epochs": trainer["max_epochs"], "max_steps": trainer["max_steps"], "epoch": None,
             "step": results["step"], "best": next((v for k, v in best.items() if k != "step"), None),
             "best_step": best.get("step"), "train_seconds": results.get("train_seconds"),
             "devices": results.get("devices", []), "steps_per_second": recent_speed(path.parent),
         }
     except (KeyError, TypeError, AttributeError):
-        print(f"skipped {path}: diverged, but without its config's trainer, its data or its step", file=sys.stderr)
+        print(f"skipped {path}: diverged, but without its config's trainer, its data, model or step", file=sys.stderr)
         return None
 
 
@@ -218,6 +226,8 @@ def unfinished_table(runs: dict[str, dict]) -> str:
             f" | {time} | {'' if speed is None else f'{speed:.2f}'}"
             f" | {duration(to_go / speed) if goes_on else ''} | {', '.join(run['devices'])} |"
         )
+    if any(run["model"] == "bnlstm" for run in runs.values()):
+        lines += ["", BATCH_STATISTICS_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -194,22 +194,41 @@ def test_runs_not_finished_are_listed_with_where_they_stand(tmp_path, monkeypatc
     compare(monkeypatch, str(tmp_path / "s"))
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm | 1 | 2.0000 |" in report  # the finished run alone in its group
-    row = f"| model=bnlstm,seed=1 | not finished | 1 / 2 | 4 / 6 | {progress['best']:.4f} (3) | "
-    assert row in report.split("## Not finished")[1]
-    assert report.rstrip().endswith("| cpu |")
+    [row] = not_finished_rows(tmp_path / "s")
+    assert row.startswith(f"| model=bnlstm,seed=1 | not finished | 1 / 2 | 4 / 6 | {progress['best']:.4f} (3) | ")
+    assert row.endswith("| cpu |")
 
 
 @pytest.mark.usefixtures("tiny_data")
 def test_a_diverged_run_is_listed_as_such_without_a_time_to_go(tmp_path, monkeypatch, capsys):
     diverged_run(compose_config(*TINY_TEXT), tmp_path / "s" / "run", monkeypatch)
     compare(monkeypatch, str(tmp_path / "s"))
-    row = (tmp_path / "s" / "compare.md").read_text().split("## Not finished")[1].splitlines()[-1]
+    [row] = not_finished_rows(tmp_path / "s")
     assert row.startswith("| run | diverged | 1 / 2 | 3 / 6 |") and row.endswith(" |  | cpu |")  # no time to go
     assert f"skipped {tmp_path / 's' / 'run'}: diverged" in capsys.readouterr().err
 
 
+def not_finished_section(report_dir: Path) -> str:
+    return (report_dir / "compare.md").read_text().split("## Not finished")[1]
+
+
 def not_finished_rows(report_dir: Path) -> list[str]:
-    return (report_dir / "compare.md").read_text().split("## Not finished")[1].strip().splitlines()[2:]
+    """The rows of the table of runs not finished, without its header."""
+    return [line for line in not_finished_section(report_dir).splitlines() if line.startswith("|")][2:]
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_runs_not_finished_say_that_a_bn_lstms_validation_there_uses_batch_statistics(tmp_path, monkeypatch):
+    stopped_run(compose_config(*TINY_TEXT), tmp_path / "s" / "model=bnlstm,seed=0", monkeypatch, 4)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert not_finished_section(tmp_path / "s").rstrip().endswith(load_script("compare").BATCH_STATISTICS_NOTE)
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_runs_not_finished_without_a_bn_lstm_have_no_note_on_batch_statistics(tmp_path, monkeypatch):
+    stopped_run(compose_config(*TINY_TEXT, "model=lnlstm"), tmp_path / "s" / "model=lnlstm,seed=0", monkeypatch, 4)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "batch statistics" not in not_finished_section(tmp_path / "s")
 
 
 @pytest.mark.usefixtures("tiny_data")
