@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 PARTS = ["tests", "bench_targets", "speed_seqmnist", "bench_other_shapes", "speed_ptb_char"]
 STAND_IN = """#!/usr/bin/env bash
