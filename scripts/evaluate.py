@@ -40,10 +40,8 @@ def main() -> None:
     checkpoint = arguments.checkpoint(parser, best, CHECKPOINT_KEYS)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = arguments.rebuilt_trainer(parser, best, checkpoint, Path(scratch), best, args.device)
-        try:
+        with trainer.writer:  # closed before its directory goes
             results = trainer.final_evaluation()
-        finally:
-            trainer.writer.close()  # before its directory goes
     last = args.run_dir / "last.pt"
     trained = arguments.checkpoint(parser, last, {"progress"})["progress"]["step"] if last.is_file() else results["step"]
     print(f"{args.run_dir}: best.pt of step {results['step']} (trained to step {trained}), the paper's test procedure\n")

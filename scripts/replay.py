@@ -85,18 +85,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         # best.pt as the run had it: the trainer checks it against last.pt.
         trainer = arguments.rebuilt_trainer(parser, path, checkpoint, Path(scratch), args.run_dir / "best.pt", args.device)
-        try:
+        with trainer.writer:  # closed before its directory goes
             unknown = set_options(trainer.optimizer, args.optim)
             if unknown:
                 parser.error(f"--optim {unknown}")
             options = trainer.optimizer.param_groups[0]
             print(f"{path}: step {trainer.progress.step}, {type(trainer.optimizer).__name__} "
                   + ", ".join(f"{k}={v:g}" for k, v in options.items() if isinstance(v, float)))
-            print_rows(replay(trainer, args.steps, args.validate_every))
-        except Diverged as error:
-            print(f"diverged: {error}")
-        finally:
-            trainer.writer.close()  # before its directory goes
+            try:
+                print_rows(replay(trainer, args.steps, args.validate_every))
+            except Diverged as error:
+                print(f"diverged: {error}")
 
 
 def set_options(optimizer: torch.optim.Optimizer, options: list[tuple[str, float]]) -> str | None:
