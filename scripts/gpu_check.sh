@@ -11,8 +11,9 @@
 #   bash scripts/gpu_check.sh [OUTDIR]                       # default OUTDIR: gpu-check
 #   SECONDS_LEFT=540 bash scripts/gpu_check.sh "$OUT"        # a machine lent for 9 minutes
 #
-# Each part writes OUTDIR/<part>.log (and its JSON beside it); with SECONDS_LEFT, each part may
-# use what the earlier ones left, and the parts past the deadline are reported as not run.
+# Each part writes OUTDIR/<part>.log (and its JSON beside it). With SECONDS_LEFT, a part may use
+# half the time the earlier ones left (the last part all of it), so that a hung or slow part
+# leaves time to the next; the parts past the deadline are reported as not run.
 # Exit status: the number of parts that failed or did not run.
 set -u
 out=${1:-gpu-check}
@@ -21,7 +22,7 @@ deadline=$(( SECONDS + ${SECONDS_LEFT:-0} ))
 mkdir -p "$out"
 failed=0
 
-part() {  # NAME COMMAND...
+part() {  # NAME COMMAND...; all_left=1 part ... for the last part
   local name=$1 limit=0 status=0
   shift
   if [ -n "${SECONDS_LEFT:-}" ]; then
@@ -29,6 +30,7 @@ part() {  # NAME COMMAND...
     if [ "$limit" -le 0 ]; then
       echo "$name: not run, no time left"; failed=$(( failed + 1 )); return
     fi
+    [ -n "${all_left:-}" ] || limit=$(( (limit + 1) / 2 ))
   fi
   timeout "$limit" "$@" > "$out/$name.log" 2>&1 || status=$?
   if [ "$status" -eq 0 ]; then
@@ -47,12 +49,12 @@ print(f'torch {torch.__version__}, triton {version(\"triton\")}, {torch.cuda.get
 # A kernel that never returns (a grid barrier not met) fails its test, not the whole part, where
 # pytest-timeout is installed: its thread method ends the worker, which xdist replaces.
 hang_limit=$("$python" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120 --timeout-method=thread")
-part tests "$python" -m pytest -k "cuda or kernels or triton" -n 8 --durations=15 $hang_limit
+part tests "$python" -m pytest -k "cuda or kernels or triton" -n 8 -v --durations=15 $hang_limit
 part bench_targets "$python" scripts/bench.py --shapes seqmnist100 ptb_char --cuda-graphs --no-compile --no-loaders \
     --profile --json "$out/bench_targets.json"
 part speed_seqmnist "$python" scripts/train_speed.py --json "$out/speed_seqmnist.json" experiment=seqmnist model=bnlstm
 part bench_other_shapes "$python" scripts/bench.py --shapes seqmnist text8 --cuda-graphs --no-compile --no-loaders \
     --json "$out/bench_other_shapes.json"
-part speed_ptb_char "$python" scripts/train_speed.py --json "$out/speed_ptb_char.json" \
+all_left=1 part speed_ptb_char "$python" scripts/train_speed.py --json "$out/speed_ptb_char.json" \
     experiment=ptb_char model=bnlstm data=shakespeare
 exit "$failed"
