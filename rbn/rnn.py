@@ -528,6 +528,18 @@ class BNLSTM(Recurrent):
     cell_class = BNLSTMCell
     cell_parameters = ("weight_ih", "weight_hh", "bias", "bn_x", "bn_h", "bn_c")
 
+    def _cell(self, suffix: str, first_step: int) -> Cell:
+        # nn.SyncBatchNorm.convert_sync_batchnorm, the usual step before DDP, replaces every
+        # _BatchNorm, ours too, with one that keeps a single row of statistics.
+        for name in ("bn_x", "bn_h", "bn_c"):
+            norm = getattr(self, f"{name}{suffix}")
+            if not isinstance(norm, SequenceBatchNorm):
+                raise TypeError(
+                    f"{name}{suffix} is a {type(norm).__name__}, not a SequenceBatchNorm: BN-LSTM keeps statistics "
+                    "per timestep, which nn.SyncBatchNorm cannot (without conversion, each DDP process "
+                    "normalizes with its own batch's statistics)")
+        return super()._cell(suffix, first_step)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_length={self.max_length}, input_stats={self.input_stats!r}"
 

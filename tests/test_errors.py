@@ -147,6 +147,12 @@ def test_lstm_has_no_triton_backend():
     raises(ValueError, "rbn.LSTM has no Triton kernel; backend='auto' runs torch's fused LSTM", lambda: make("LSTM", backend="triton"))
 
 
+def test_batch_norms_converted_to_sync_batch_norm():
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(make("BNLSTM"))
+    raises(TypeError, "bn_x_l0 is a SyncBatchNorm, not a SequenceBatchNorm: BN-LSTM keeps statistics per timestep",
+           lambda: model(torch.randn(6, 2, 3)))
+
+
 def test_bad_input_statistics_option():
     raises(ValueError, "input_stats must be 'per_step' or 'shared', got 'global'", lambda: make("BNLSTM", input_stats="global"))
 
