@@ -19,7 +19,6 @@ set -u
 out=${1:-gpu-check}
 python=${PYTHON:-python}
 deadline=$(( SECONDS + ${SECONDS_LEFT:-0} ))
-mkdir -p "$out"
 failed=0
 
 part() {  # NAME COMMAND...; all_left=1 part ... for the last part
@@ -46,6 +45,7 @@ import sys, torch
 from importlib.metadata import version
 torch.cuda.is_available() or sys.exit('gpu_check.sh: no CUDA device here; these checks need a GPU')
 print(f'torch {torch.__version__}, triton {version(\"triton\")}, {torch.cuda.get_device_name()}')" || exit 1
+mkdir -p "$out"
 # A kernel that never returns (a grid barrier not met) fails its test, not the whole part, where
 # pytest-timeout is installed: its thread method ends the worker, which xdist replaces.
 hang_limit=$("$python" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120 --timeout-method=thread")
