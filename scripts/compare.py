@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import statistics
 import sys
 from collections import defaultdict
@@ -47,6 +48,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rbn.trainer import CHECKPOINT_KEYS, RunError, comparison_charts, read_checkpoint, read_results  # noqa: E402
 from scripts import arguments  # noqa: E402
+
+# A run resumed after a hard kill writes a new event file from its checkpoint's step on (the
+# trainer's purge_step), and TensorBoard drops the old file's later steps, as intended, with a
+# warning blaming "a TensorFlow restart" for each such run: noise for compare.py's reader.
+logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
 METRICS = {"accuracy": "accuracy", "bpc": "bits per character"}
 # Cooijmans et al. 2016, test accuracy (Table 1) and bits per character (Tables 2 and 3).

@@ -74,6 +74,19 @@ def test_the_figure_has_the_layouts_charts_with_each_groups_mean_over_seeds(tmp_
             assert lines[f"b: bnlstm (1) {kind}"] == [12.0, 14.0]
 
 
+def test_a_run_resumed_after_a_hard_kill_is_drawn_from_its_checkpoints_step_on_without_warnings(tmp_path, monkeypatch, caplog):
+    """Its first attempt logged step 4 after the checkpoint at step 2 and was killed; the
+    resumed attempt's events start at step 3 (the trainer's purge_step) and replace it."""
+    write_run(tmp_path / "sweep" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    with SummaryWriter(tmp_path / "sweep" / "model=bnlstm,seed=0", purge_step=3) as writer:
+        for tag in comparison_charts("bpc")["loss"]:
+            writer.add_scalar(tag, 40.0, 4)
+    (figure,) = compare(monkeypatch, str(tmp_path / "sweep"))
+    (panel,) = [axes for axes in figure.axes if axes.get_title() == "loss"]
+    assert {tuple(line.get_ydata()) for line in panel.get_lines()} == {(2.0, 40.0)}
+    assert not [record for record in caplog.records if record.name.startswith("tensorboard")]
+
+
 def test_one_sweep_writes_into_itself_with_plain_labels(monkeypatch, two_sweeps):
     compare(monkeypatch, str(two_sweeps[0]))
     assert "| bnlstm | 2 |" in (two_sweeps[0] / "compare.md").read_text()
