@@ -682,9 +682,7 @@ class Trainer:
     # --- logging -------------------------------------------------------------------------
 
     def _progress_bar(self) -> tqdm:
-        total = self.cfg.trainer.max_epochs * epoch_length(self.dataset, self.cfg.trainer.batch_size)
-        if self.cfg.trainer.max_steps is not None:
-            total = min(total, self.cfg.trainer.max_steps)
+        total, self._validation_every = schedule(self.cfg.trainer, epoch_length(self.dataset, self.cfg.trainer.batch_size))
         self._total_steps = total
         self._interval = _Interval(Metrics(self.task), self.progress.step)
         self._validation_seconds = 0.0  # the last validation's, once this attempt has made one
@@ -713,9 +711,8 @@ class Trainer:
             self.writer.add_scalar(f"train/{name}", value, step)
         bar.set_postfix(summary, refresh=False)
         if bar.disable:
-            every = self.cfg.trainer.eval_interval or epoch_length(self.dataset, self.cfg.trainer.batch_size)
             remaining = (max(self._total_steps - step, 0) / steps_per_second
-                         + validations(step, self._total_steps, every) * self._validation_seconds)
+                         + validations(step, self._total_steps, self._validation_every) * self._validation_seconds)
             log.info(
                 "step %d/%d epoch %d train %s | %.2f steps/s | ETA %s",
                 step, self._total_steps, self.progress.epoch + 1, _format(summary), steps_per_second,
@@ -972,6 +969,16 @@ def epoch_length(dataset, batch_size: int) -> int:
     if dataset.task == "classification":
         return math.ceil(len(dataset) / batch_size)
     return max((len(dataset) - 1) // (batch_size * dataset.segment_length), 1)
+
+
+def schedule(trainer, epoch_length: int) -> tuple[int, int]:
+    """(the last step, the validation interval) of a run under ``trainer``, the trainer config:
+    max_epochs of ``epoch_length`` steps unless max_steps is fewer; validations every
+    eval_interval steps, or at each epoch's end."""
+    steps = trainer.max_epochs * epoch_length
+    if trainer.max_steps is not None:
+        steps = min(steps, trainer.max_steps)
+    return steps, trainer.eval_interval or epoch_length
 
 
 def validations(first: int, last: int, every: int) -> int:

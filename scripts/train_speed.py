@@ -37,7 +37,7 @@ from hydra.errors import HydraException  # noqa: E402
 
 from data import DataError  # noqa: E402
 from rbn.config import ConfigError, check  # noqa: E402
-from rbn.trainer import Trainer, build_dataset, epoch_length, validations  # noqa: E402
+from rbn.trainer import Trainer, build_dataset, epoch_length, schedule, validations  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -100,14 +100,6 @@ def measure(cfg, eval_batches: int) -> dict:
         )
 
 
-def schedule(trainer, epoch_length: int) -> dict:
-    """The steps a run with this trainer config trains and the validations it makes."""
-    steps = trainer.max_epochs * epoch_length
-    if trainer.max_steps is not None:
-        steps = min(steps, trainer.max_steps)
-    return dict(steps=steps, validations=validations(1, steps, trainer.eval_interval or epoch_length))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as train.py takes them")
@@ -150,7 +142,8 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         row = measure(configs[variant], args.eval_batches)
-        row.update(schedule(run.trainer, row["epoch_length"]))
+        steps, every = schedule(run.trainer, row["epoch_length"])
+        row.update(steps=steps, validations=validations(1, steps, every))
         valid_seconds = row["eval_seconds_per_batch"] * row["valid_batches"]
         hours = (row["steps"] / row["steps_per_second"] + row["validations"] * valid_seconds) / 3600
         rows.append(dict(variant=variant, whole_run_hours=hours, **row))
