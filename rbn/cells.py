@@ -124,7 +124,8 @@ class Cell:
         return None if self.probes is None else self.probes[t][:batch]
 
     def update_running_stats(self, batch_sizes: list[int]) -> None:
-        """Called after the loop in training mode; only batch-normalized cells keep statistics."""
+        """Called after the loop; only batch-normalized cells keep statistics, each
+        normalization updating its own in its own training mode."""
 
 
 @dataclass

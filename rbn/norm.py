@@ -205,7 +205,10 @@ class SequenceBatchNorm(_BatchNorm):
         return self.running_mean[rows], self.running_var[rows]
 
     def update_running_stats(self, batch_sizes: list[int], first_step: int = 0) -> None:
-        """Folds in the statistics that ``step`` gathered over a sequence (training mode)."""
+        """Folds in the statistics that ``step`` gathered over a sequence; in eval mode,
+        whatever the layer's, nothing (``step`` gathered none), as ``_BatchNorm`` decides."""
+        if not self.training:
+            return
         own = self._own_rows(first_step, len(batch_sizes))
         tracked = sum(1 for n in batch_sizes[: own.stop - own.start] if n > 1)
         rows = slice(first_step, first_step + tracked)

@@ -281,8 +281,7 @@ class Recurrent(nn.Module):
         # runs in a thread that makes the gradients' device current).
         with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
             output = cell.fused_recurrence(cell.input_term(x, batch_sizes), state)
-        if self.training:
-            cell.update_running_stats(batch_sizes)
+        cell.update_running_stats(batch_sizes)
         return output
 
     def _run(self, cell: Cell, x: Tensor, state: State, batch_sizes: list[int]) -> tuple[Tensor, State]:
@@ -301,8 +300,9 @@ class Recurrent(nn.Module):
         cell.keep_hidden([state[0], *outputs[:-1]])
         if self._recorded_hidden is not None:
             self._recorded_hidden.append(outputs)
-        if self.training:
-            cell.update_running_stats(batch_sizes)
+        # Each normalization in its own mode, as a _BatchNorm is: one frozen with .eval() in a
+        # layer that trains keeps its statistics.
+        cell.update_running_stats(batch_sizes)
         ended.append((h, c))
         h_n = torch.cat([h for h, _ in reversed(ended)])
         c_n = torch.cat([c for _, c in reversed(ended)])
@@ -527,6 +527,13 @@ class BNLSTM(Recurrent):
 
     cell_class = BNLSTMCell
     cell_parameters = ("weight_ih", "weight_hh", "bias", "bn_x", "bn_h", "bn_c")
+
+    def kernels_unsupported(self, x: Tensor) -> str | None:
+        for layer in range(self.num_layers):
+            for suffix in self._suffixes(layer):
+                if getattr(self, f"bn_h{suffix}").training != getattr(self, f"bn_c{suffix}").training:
+                    return f"bn_h{suffix} and bn_c{suffix} in different train/eval modes"
+        return super().kernels_unsupported(x)
 
     def _cell(self, suffix: str, first_step: int) -> Cell:
         # nn.SyncBatchNorm.convert_sync_batchnorm, the usual step before DDP, replaces every

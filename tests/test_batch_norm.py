@@ -153,6 +153,45 @@ def test_population_statistics_from_update_bn_reproduce_training_outputs():
     assert (model(x)[0] - trained).abs().max() > 0.1
 
 
+def statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in model.state_dict().items() if "running" in name or "tracked" in name}
+
+
+def test_normalizations_frozen_in_eval_mode_keep_their_statistics_in_a_layer_that_trains(input_normalization):
+    """The fine-tuning idiom: each _BatchNorm put in eval mode normalizes with its population
+    statistics and leaves them as they were, whatever mode the model around it is in."""
+    model = make("BNLSTM", max_length=4)
+    model(torch.randn(6, 5, 3))  # population statistics away from their initial values
+    frozen = statistics(model)
+    x = torch.randn(6, 5, 3)
+    expected, _ = model.eval()(x)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, rbn.SequenceBatchNorm):
+            module.eval()
+    for _ in range(2):
+        output, _ = model(x)
+        output.sum().backward()
+    torch.testing.assert_close(output, expected)
+    for name, value in statistics(model).items():
+        torch.testing.assert_close(value, frozen[name], rtol=0, atol=0, msg=name)
+
+
+def test_normalizations_in_training_mode_update_their_statistics_in_a_layer_in_eval_mode(input_normalization):
+    """As a _BatchNorm does: its own mode decides, not the layer's."""
+    x = torch.randn(6, 5, 3)
+    reference = make("BNLSTM", max_length=4)
+    model = copy.deepcopy(reference).eval()
+    reference(x)
+    for module in model.modules():
+        if isinstance(module, rbn.SequenceBatchNorm):
+            module.train()
+    model(x)
+    expected = statistics(reference)
+    for name, value in statistics(model).items():
+        torch.testing.assert_close(value, expected[name], msg=name)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_update_bn_restores_momentum_and_mode(mode):
     model = make("BNLSTM").train(mode == "train")

@@ -123,6 +123,20 @@ def test_bn_lstm_kernels_validate_with_batch_statistics_and_keep_the_running_one
 
 
 @NEEDS_KERNELS
+def test_bn_lstm_kernels_normalize_as_the_eager_cells_with_normalizations_frozen_in_a_layer_that_trains():
+    """Each normalization in eval mode: population statistics, left as they were."""
+    eager, fused = pair("BNLSTM", max_length=4)
+    eager.train()(torch.randn(T, B, I, device=DEVICE))  # running statistics that differ by step
+    fused.load_state_dict(eager.state_dict())
+    for model in (eager, fused):
+        for module in model.modules():
+            if isinstance(module, rbn.SequenceBatchNorm):
+                module.eval()
+    x, hx = inputs()
+    assert_same(forward_backward(fused, x, hx), forward_backward(eager, x, hx))
+
+
+@NEEDS_KERNELS
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_bn_lstm_kernels_continue_a_sequence_from_its_first_step(mode):
     """A chunk that starts at timestep 2 of max_length 4: population statistics of steps 2, 3
@@ -206,6 +220,13 @@ def test_triton_backend_runs_padded_batches_in_the_eager_loop(layer_name, monkey
     expected, (h_expected, c_expected) = eager(x, lengths=lengths)
     torch.testing.assert_close(output, expected, rtol=0, atol=0)
     torch.testing.assert_close((h_n, c_n), (h_expected, c_expected), rtol=0, atol=0)
+
+
+def test_triton_backend_refuses_a_cells_normalizations_in_different_modes():
+    model = make("BNLSTM", backend="triton", bidirectional=True)
+    model.bn_c_l0_reverse.eval()
+    message = refusal(model, torch.randn(T, B, 3))
+    assert "does not support bn_h_l0_reverse and bn_c_l0_reverse in different train/eval modes" in message
 
 
 def test_triton_backend_refuses_a_compiled_step():
