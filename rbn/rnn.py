@@ -22,11 +22,14 @@ BACKENDS = ("auto", "triton", "eager")
 
 
 class Recurrent(nn.Module):
-    """A stack of LSTM-style layers with ``torch.nn.LSTM``'s constructor, shapes and names.
+    """A stack of LSTM-style layers with ``torch.nn.LSTM``'s constructor, shapes and names
+    (``proj_size`` must be 0: no layer here has a projection).
 
     ``forward(input, hx=None, lengths=None, *, first_step=0) -> output, (h_n, c_n)`` with
     nn.LSTM's shapes; ``lengths`` (valid length of each sequence, batch order) makes padded
     steps invisible: they enter no statistic, leave the state unchanged and give zero outputs.
+    A ``PackedSequence`` input is the padded batch with its lengths, and its output is packed
+    as nn.LSTM packs it.
     A bidirectional layer reverses only the valid part of each sequence. ``first_step`` is the
     timestep of the input's first step, for a sequence read in chunks with its state carried
     (chunk k of length L: k * L): BN-LSTM's statistics are per timestep, and with it, chunks
@@ -64,6 +67,9 @@ class Recurrent(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         init: str = "orthogonal",
         h0_noise_std: float = 0.0,
@@ -74,6 +80,8 @@ class Recurrent(nn.Module):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if proj_size != 0:
+            raise ValueError(f"proj_size must be 0 (rbn's layers have no projection), got {proj_size!r}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         if dropout and num_layers == 1:  # as nn.LSTM warns
@@ -95,6 +103,7 @@ class Recurrent(nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
+        self.proj_size = 0
         self.init = init
         self.h0_noise_std = h0_noise_std
         self.compile_step = compile
@@ -111,6 +120,9 @@ class Recurrent(nn.Module):
                     self.register_parameter(f"{name}{suffix}", bias_vector)
                 self._add_norms(suffix)
         self.reset_parameters()
+        # Initialized on the CPU, then moved: the same draws on every device.
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def _step_function(self):
         # Compiled per cell class: dynamo caches per code object, so one shared step function
@@ -179,9 +191,11 @@ class Recurrent(nn.Module):
                     nn.init.ones_(biases[0].detach()[hidden : 2 * hidden])  # forget gate
 
     def forward(
-        self, input: Tensor, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None, *,
-        first_step: int = 0,
-    ) -> tuple[Tensor, State]:
+        self, input: Tensor | PackedSequence, hx: State | None = None, lengths: Tensor | Sequence[int] | None = None,
+        *, first_step: int = 0,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, lengths, first_step)
         x = self._check_input(input)
         self._check_first_step(first_step)
         batched = x.dim() == 3
@@ -206,6 +220,25 @@ class Recurrent(nn.Module):
         if self.batch_first:
             x = x.transpose(0, 1)
         return x, (h_n, c_n)
+
+    def _forward_packed(
+        self, input: PackedSequence, hx: State | None, lengths: Tensor | Sequence[int] | None, first_step: int
+    ) -> tuple[PackedSequence, State]:
+        """nn.LSTM's PackedSequence in and out: the padded batch and the lengths it holds, the
+        output packed in the input's order of sequences; h_n and c_n in the batch's order."""
+        if lengths is not None:
+            raise ValueError("a PackedSequence holds its lengths: pass lengths=None with it")
+        padded, lengths = pad_packed_sequence(input, self.batch_first)
+        output, state = self.forward(padded, hx, lengths, first_step=first_step)
+        if input.sorted_indices is not None:
+            output = output.index_select(0 if self.batch_first else 1, input.sorted_indices)
+            lengths = lengths[input.sorted_indices.cpu()]
+        data = pack_padded_sequence(output, lengths, self.batch_first).data
+        return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices), state
+
+    def flatten_parameters(self) -> None:
+        """nn.LSTM's, for code written for it: a no-op, since the eager loop and the kernels read
+        the weights where they are (``LSTM``, which calls cuDNN, has its own)."""
 
     def _layers(
         self, x: Tensor, state: State, lengths: Tensor | None, first_step: int
@@ -313,7 +346,7 @@ class Recurrent(nn.Module):
 
     def _check_input(self, input: Tensor) -> Tensor:
         if not isinstance(input, Tensor):
-            raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
+            raise TypeError(f"input must be a Tensor or a PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(
                 f"input must be 3-D ({'batch, time' if self.batch_first else 'time, batch'}, features) "

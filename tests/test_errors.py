@@ -25,7 +25,13 @@ def test_input_of_wrong_feature_size(layer_name):
 
 
 def test_input_that_is_not_a_tensor(layer_name):
-    raises(TypeError, "input must be a Tensor, got list", lambda: make(layer_name)([[0.0, 1.0, 2.0]]))
+    raises(TypeError, "input must be a Tensor or a PackedSequence, got list", lambda: make(layer_name)([[0.0, 1.0, 2.0]]))
+
+
+def test_lengths_given_with_a_packed_sequence(layer_name):
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(6, 2, 3), torch.tensor([6, 3]))
+    raises(ValueError, "a PackedSequence holds its lengths: pass lengths=None with it",
+           lambda: make(layer_name)(packed, lengths=torch.tensor([6, 3])))
 
 
 def test_input_of_integer_dtype(layer_name):
@@ -137,6 +143,7 @@ def test_max_length_below_one(max_length):
         (dict(init="xavier"), "init must be one of orthogonal, identity_g, uniform; got 'xavier'"),
         (dict(h0_noise_std=-1.0), "h0_noise_std must be >= 0, got -1.0"),
         (dict(backend="cudnn"), "backend must be one of auto, triton, eager; got 'cudnn'"),
+        (dict(proj_size=2), r"proj_size must be 0 \(rbn's layers have no projection\), got 2"),
     ],
 )
 def test_bad_constructor_arguments(layer_name, kwargs, match):

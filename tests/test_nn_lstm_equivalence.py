@@ -66,6 +66,34 @@ def test_lengths_match_a_packed_sequence(bidirectional, backend):
     torch.testing.assert_close(c_n, c_ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_a_packed_sequence_gives_nn_lstms_packed_output_and_state(batch_first, enforce_sorted, backend):
+    """Lengths with ties, so that the output's order of sequences is the input's, not a sort's."""
+    reference, ours = pair(backend, num_layers=2, bidirectional=True, batch_first=batch_first)
+    lengths = torch.tensor([6, 4, 4, 2, 1] if enforce_sorted else [4, 6, 1, 4, 2])
+    x = torch.randn((5, 6, 3) if batch_first else (6, 5, 3))
+    hx = tuple(torch.randn(4, 5, 5) for _ in range(2))
+    packed = pack_padded_sequence(x, lengths, batch_first, enforce_sorted)
+    expected, (h_ref, c_ref) = reference(packed, hx)
+    output, (h_n, c_n) = ours(packed, hx)
+    assert output.batch_sizes.equal(expected.batch_sizes)
+    for indices in ("sorted_indices", "unsorted_indices"):
+        assert (getattr(output, indices) is None) == enforce_sorted
+        assert enforce_sorted or getattr(output, indices).equal(getattr(expected, indices))
+    torch.testing.assert_close(output.data, expected.data, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((h_n, c_n), (h_ref, c_ref), atol=1e-5, rtol=1e-5)
+
+
+def test_nn_lstms_optional_arguments_are_taken_in_its_order():
+    reference = torch.nn.LSTM(3, 5, 2, True, True, 0.5, True, 0, "cpu", torch.float64)
+    ours = rbn.LSTM(3, 5, 2, True, True, 0.5, True, 0, "cpu", torch.float64)
+    ours.flatten_parameters()
+    for attribute in ("num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"):
+        assert getattr(ours, attribute) == getattr(reference, attribute), attribute
+    assert {p.dtype for p in ours.parameters()} == {torch.float64}
+
+
 def test_unbatched_input_matches_nn_lstm(backend):
     reference, ours = pair(backend, num_layers=2)
     x = torch.randn(7, 3)

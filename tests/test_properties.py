@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from conftest import make
 
@@ -99,6 +100,34 @@ def test_final_state_of_a_padded_sequence_is_its_state_at_its_last_step(layer_na
     lengths = torch.tensor([6, 2, 4, 6, 3])
     output, (h_n, _) = model(torch.randn(T, B, 3), lengths=lengths)
     torch.testing.assert_close(h_n[0], output[lengths - 1, torch.arange(B)])
+
+
+def test_a_packed_sequence_is_the_padded_batch_with_its_lengths(layer_name):
+    """In training: outputs, state, gradients and the running statistics afterwards."""
+    model = make(layer_name, bidirectional=True, batch_first=True)
+    twin = copy.deepcopy(model)
+    x, lengths = torch.randn(B, T, 3), torch.tensor([4, 6, 1, 4, 2])
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    output, (h_n, c_n) = model(packed)
+    expected, (h_expected, c_expected) = twin(x, lengths=lengths)
+    unpacked, unpacked_lengths = pad_packed_sequence(output, batch_first=True, total_length=T)
+    assert unpacked_lengths.equal(lengths)
+    torch.testing.assert_close(unpacked, expected, rtol=0, atol=0)
+    torch.testing.assert_close((h_n, c_n), (h_expected, c_expected), rtol=0, atol=0)
+    (output.data.square().sum() + c_n.sum()).backward()
+    (expected.square().sum() + c_expected.sum()).backward()
+    for (name, parameter), other in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(parameter.grad, other.grad, msg=name)
+    for (name, buffer), other in zip(model.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(buffer, other, rtol=0, atol=0, msg=name)
+
+
+def test_device_and_dtype_place_every_parameter_and_statistic(layer_name):
+    model = make(layer_name, device="cpu", dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert {b.dtype for name, b in model.named_buffers() if "running" in name} <= {torch.float64}
+    output, _ = model(torch.randn(T, B, 3, dtype=torch.float64))
+    assert output.dtype == torch.float64
 
 
 def test_reverse_direction_reads_only_the_valid_part(layer_name):
