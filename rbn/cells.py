@@ -15,7 +15,8 @@ cell has:
   t = ``first_step`` + its index in the call (a long sequence read in chunks continues its
   timesteps; only batch-normalized cells, whose statistics are per timestep, read t);
 - ``keep_hidden(h_prev)``: called after the loop with h_{t-1} of every step;
-- ``update_running_stats(batch_sizes)``: called after the loop in training mode.
+- ``update_running_stats(batch_sizes)``: called after the loop; each normalization in training
+  mode (its own, as a ``_BatchNorm``'s) folds in the statistics the steps gathered.
 
 Gates are laid out as in ``torch.nn.LSTM``: (i, f, g, o), each block ``hidden_size`` rows.
 """
