@@ -433,12 +433,17 @@ class Trainer:
     def _train_epochs(self, bar: tqdm) -> None:
         trainer, progress = self.cfg.trainer, self.progress
         while self._trains_further():
-            for inputs, targets in self._remaining_batches():
+            batches = self._remaining_batches()
+            for inputs, targets in batches:
                 self._train_step(inputs, targets, bar)
                 if trainer.eval_interval and progress.step % trainer.eval_interval == 0:
                     self._validate_timed()
                 self._stop_if_requested()
                 if self._at_step_limit():
+                    # A limit on the epoch's last batch ends the epoch too: else a run whose
+                    # max_epochs are then used up would seem to train further with more steps.
+                    if next(batches, None) is None:
+                        self._next_epoch()
                     break
             else:
                 self._next_epoch()

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import math
 import re
 import signal
@@ -428,6 +429,17 @@ def test_a_step_limit_at_an_epochs_end_is_validated_once_when_the_run_trains_on(
     Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=3"), tmp_path).run()
     Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=6"), tmp_path).run()
     assert validated == [3, 6]
+
+
+def test_a_run_that_ended_its_last_epoch_at_its_step_limit_stays_finished_when_the_limit_is_raised(tmp_path, caplog):
+    epoch = ["model=lstm", "trainer.eval_interval=null", "trainer.batch_size=4", "trainer.max_epochs=1"]  # 3 steps
+    first = Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=3"), tmp_path).run()
+    events = sorted(tmp_path.glob("events.*"))
+    with caplog.at_level(logging.INFO, logger="rbn.trainer"):
+        again = Trainer(compose_config(*TINY, *epoch, "trainer.max_steps=6"), tmp_path).run()
+    assert "has already finished" in caplog.text
+    assert again == first
+    assert sorted(tmp_path.glob("events.*")) == events and not list(tmp_path.glob("results-step*"))
 
 
 def test_the_population_statistics_estimate_does_not_depend_on_what_drew_random_numbers_before(tmp_path):
