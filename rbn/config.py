@@ -233,6 +233,8 @@ def check(cfg: DictConfig) -> None:
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     _check_range("seed", cfg.seed, 0, 2**63 - 1)  # numpy's SeedSequence and torch.manual_seed take these
+    if cfg.data.get("seed") is not None:  # pMNIST's order: numpy's legacy RandomState takes 32 bits
+        _check_range("data.seed", cfg.data.seed, 0, 2**32 - 1 if cfg.data.with_replacement else 2**63 - 1)
     if cfg.optim.get("alpha") is not None:
         _check_range("optim.alpha", cfg.optim.alpha, 0.0, 1.0)  # RMSprop's decay: torch checks only >= 0
     if cfg.optim.get("betas") is not None and len(cfg.optim.betas) != 2:
