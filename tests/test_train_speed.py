@@ -48,6 +48,14 @@ def test_the_whole_run_estimate_follows_the_runs_own_steps_and_validations(tmp_p
     assert row["whole_run_hours"] == pytest.approx((steps / row["steps_per_second"] + validations * validation) / 3600)
 
 
+def test_the_timed_steps_may_outnumber_the_runs_epochs(tmp_path, monkeypatch):
+    report = tmp_path / "speed.json"
+    train_speed(monkeypatch, "--variants", "eager", "--steps", "13", "--eval-batches", "1", "--json", str(report),
+                *TINY_TEXT, "trainer.max_epochs=1")
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["steps"] == 12 and row["steps_per_second"] > 0  # the run's one epoch; 26 steps timed
+
+
 def test_a_schedule_the_trainer_refuses_is_refused_in_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit:
         train_speed(monkeypatch, "--variants", "eager", *TINY_TEXT, "trainer.eval_interval=0")
