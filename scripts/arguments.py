@@ -1,6 +1,6 @@
-"""What the scripts' command lines share. ``positive`` and ``output_file`` are argparse types;
-with ``device`` and ``checkpoint``, each refuses a bad value in argparse's one line before the
-script does any work, not after minutes of it. ``rebuilt_trainer`` is a run's trainer in a
+"""What the scripts' command lines share. ``positive``, ``output_file`` and ``figure_file`` are
+argparse types; with ``device`` and ``checkpoint``, each refuses a bad value in argparse's one
+line before the script does any work, not after minutes of it. ``rebuilt_trainer`` is a run's trainer in a
 scratch directory, for the scripts that take a run further without touching it."""
 
 from __future__ import annotations
@@ -31,6 +31,20 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"cannot write {path}: {path.parent} is not a directory")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"cannot write {path}: it is a directory")
+    return path
+
+
+def figure_file(text: str) -> Path:
+    """An ``output_file`` in a format matplotlib writes, named by its suffix (none: PNG, the
+    suffix matplotlib would add)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = output_file(text)
+    if not path.suffix:
+        return path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise argparse.ArgumentTypeError(f"cannot write a figure as {path.suffix}: matplotlib writes {', '.join(sorted(formats))}")
     return path
 
 

@@ -151,12 +151,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=arguments.positive, help="default: the preset's (100)")
     parser.add_argument("--hidden-size", type=arguments.positive, help="default: the preset's (100)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when present)")
-    parser.add_argument("--png", type=arguments.output_file, default="gradient_flow.png")
+    parser.add_argument("--png", type=arguments.figure_file, default="gradient_flow.png", help="or .pdf, .svg, ...")
     parser.add_argument("--csv", type=arguments.output_file, default="gradient_flow.csv")
     args = parser.parse_args()
     device = arguments.device(parser, args.device)
-    if not args.png.suffix:  # what matplotlib writes then
-        args.png = args.png.with_suffix(".png")
 
     steps = (28 // args.pool) ** 2
     preset = model_config("lstm", steps)

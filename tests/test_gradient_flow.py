@@ -204,6 +204,7 @@ def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_
         (["--batches", "4"], "fewer than 4 batches of 4"),  # tiny data: 12 training images
         (["--device", "gpu"], "is not a device"),
         (["--png", "missing/f.png"], "missing is not a directory"),
+        (["--png", "f.txt"], "cannot write a figure as .txt: matplotlib writes avif, eps,"),
         (["--csv", "."], "cannot write .: it is a directory"),
     ],
 )
