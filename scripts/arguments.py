@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from data import DataError
-from rbn.config import ConfigError, from_dict
+from rbn.config import Backend, ConfigError, from_dict
 from rbn.trainer import RunError, Trainer, read_checkpoint, resolve_device
 
 
@@ -80,7 +80,8 @@ def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dic
     """The trainer of the run that wrote ``checkpoint`` (read from ``path``), rebuilt from its
     config (whatever conf/ says now) and resuming from a copy of it in ``scratch``, with a copy
     of ``best`` as its best.pt: the run's own directory is only read. ``device`` (``--device``)
-    replaces the run's ``trainer.device``; CUDA graphs stay on only on a CUDA device."""
+    replaces the run's ``trainer.device``; CUDA graphs and the Triton kernels stay on only on a
+    CUDA device (elsewhere the layer computes the same in its eager loop)."""
     shutil.copyfile(path, scratch / "last.pt")
     if best is not None and best.is_file():
         shutil.copyfile(best, scratch / "best.pt")
@@ -93,7 +94,10 @@ def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dic
         except ConfigError:
             parser.error(f"the run of {path} ran on trainer.device={cfg.trainer.device}, which is not here: "
                          "--device cpu (or another) runs it here")
-        cfg.trainer.cuda_graphs = cfg.trainer.cuda_graphs and here.type == "cuda"
+        if here.type != "cuda":
+            cfg.trainer.cuda_graphs = False
+            if cfg.model.backend == Backend.triton:
+                cfg.model.backend = Backend.auto
         return Trainer(cfg, scratch)
     except (ConfigError, DataError, RunError) as error:
         parser.error(f"cannot rebuild the run of {path}: {error}")

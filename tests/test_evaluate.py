@@ -8,6 +8,7 @@ from trainer_helpers import (
     NO_GPU_HERE, TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error, stopped_run,
 )
 
+import rbn
 from rbn.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
@@ -65,6 +66,7 @@ def test_a_run_still_training_is_evaluated_at_its_best_so_far_and_left_as_it_was
 def test_device_evaluates_a_run_trained_with_cuda_graphs_on_a_cpu(tmp_path, monkeypatch, capsys):
     Trainer(compose_config(*TINY), tmp_path).run()
     as_if_trained_on_a_gpu(tmp_path / "best.pt")
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)  # as outside the tests: no kernels on a CPU
     if not torch.cuda.is_available():
         assert evaluate_error(monkeypatch, capsys, tmp_path).endswith(NO_GPU_HERE)
     assert evaluate(monkeypatch, capsys, tmp_path, "--device", "cpu")[-1].startswith("test, population statistics: loss ")

@@ -92,9 +92,11 @@ NO_GPU_HERE = "ran on trainer.device=cuda, which is not here: --device cpu (or a
 
 
 def as_if_trained_on_a_gpu(path: Path) -> None:
-    """Rewrites the checkpoint at ``path`` with the trainer config of a run carried from a GPU."""
+    """Rewrites the checkpoint at ``path`` with the config of a run carried from a GPU, where it
+    trained on the Triton kernels in CUDA graphs."""
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["config"]["trainer"].update(device="cuda", cuda_graphs=True)
+    checkpoint["config"]["model"]["backend"] = "triton"
     torch.save(checkpoint, path)
 
 
