@@ -172,11 +172,13 @@ def one_line_error(monkeypatch, capsys, *args) -> str:
         (["{lstm}", "--lengths", "35"], "--lengths 35 is longer than the test streams"),
         (["{lstm}", "--lengths", "8", "0"], "argument --lengths: must be a positive integer, got 0"),
         (["{lstm}", "--limit-batches", "0"], "argument --limit-batches: must be a positive integer, got 0"),
+        (["{lstm}", "{tmp}/other/{name}"], "the RUN_DIRs' names label their rows and lines, and two are the same"),
     ],
-    ids=["no-final-pt", "classification-run", "longer-than-streams", "zero-length", "zero-batches"],
+    ids=["no-final-pt", "classification-run", "longer-than-streams", "zero-length", "zero-batches", "same-names"],
 )
 def test_bad_runs_and_options_are_one_line_errors(trainers, tmp_path, monkeypatch, capsys, arguments, message):
-    places = {"tmp": tmp_path, "mnist": write_final(tmp_path / "mnist", *TINY), "lstm": trainers["lstm"].run_dir}
+    lstm = trainers["lstm"].run_dir
+    places = {"tmp": tmp_path, "mnist": write_final(tmp_path / "mnist", *TINY), "lstm": lstm, "name": lstm.name}
     assert message in one_line_error(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
 
 
