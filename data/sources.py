@@ -187,11 +187,13 @@ def cached(path: Path, build: Callable[[], dict], keys: Iterable[str], sources: 
 
 
 def _fingerprint(sources: list[Path]) -> str | None:
-    """sha256 over the files' contents, in order; None without files, or while one is missing
-    (a cache is kept when its sources were deleted after it was built)."""
+    """sha256 over the files' sizes and contents, in order (text moved from one file to the
+    next changes it); None without files, or while one is missing (a cache is kept when its
+    sources were deleted after it was built)."""
     if not sources or not all(source.is_file() for source in sources):
         return None
     digest = hashlib.sha256()
     for source in sources:
-        digest.update(source.read_bytes())
+        content = source.read_bytes()
+        digest.update(len(content).to_bytes(8, "little") + content)
     return digest.hexdigest()

@@ -247,23 +247,25 @@ def ptb_char(
     files = {split: directory / f"ptb.char.{split}.txt" for split in SPLITS}
 
     def texts() -> dict[str, str]:
-        if not all(path.is_file() for path in files.values()):
+        missing = {split: path for split, path in files.items() if not path.is_file()}
+        if missing:
             archive = directory / "simple-examples.tgz"
             if not (download or archive.is_file()):
                 raise DataError(
-                    f"{files['train']} and its valid/test siblings are missing: place them there, "
+                    f"{', '.join(map(str, missing.values()))} missing: place them there, "
                     f"or simple-examples.tgz ({PTB_ARCHIVE_DIGEST}) at {archive}, or allow download"
                 )
             sources.download(PTB_URL, archive, PTB_ARCHIVE_DIGEST)  # verifies an archive already there
             with tarfile.open(archive) as tar:
-                for split, path in files.items():
+                for split, path in missing.items():  # a file placed by hand stays as it is
                     member = tar.extractfile(f"./simple-examples/data/ptb.char.{split}.txt")
                     with atomic_path(path) as tmp:
                         tmp.write_bytes(member.read())
         texts = {}
         for split, path in files.items():  # unverified when placed by hand: checked for what breaks training
             try:
-                texts[split] = read_ptb_char(path.read_text(encoding="utf-8"))
+                # utf-8-sig: a byte-order mark that an editor saved would be a symbol of the corpus.
+                texts[split] = read_ptb_char(path.read_text(encoding="utf-8-sig"))
             except UnicodeDecodeError:
                 raise DataError(f"{path} is not UTF-8 text; simple-examples.tgz has the original") from None
             if len(texts[split]) < 2:

@@ -203,6 +203,24 @@ def test_ptb_files_placed_again_with_other_text_rebuild_the_cache(tmp_path, caps
     assert f"rebuilding cache {tmp_path / 'ptb_char' / 'ptb_char.pt'} (its source files have changed)" in capsys.readouterr().err
 
 
+def test_ptb_text_moved_from_one_file_to_the_next_rebuilds_the_cache(tmp_path):
+    write_ptb(tmp_path / "ptb_char")
+    text.ptb_char(tmp_path, download=False)
+    first, second = PTB_LINES.splitlines(keepends=True)
+    (tmp_path / "ptb_char" / "ptb.char.train.txt").write_text(first)
+    (tmp_path / "ptb_char" / "ptb.char.valid.txt").write_text(second + PTB_LINES)
+    corpus = text.ptb_char(tmp_path, download=False)
+    assert corpus.decode(corpus.splits["train"]) == "aer_banknote\n"
+
+
+def test_a_byte_order_mark_is_not_a_symbol_of_the_corpus(tmp_path):
+    write_ptb(tmp_path / "ptb_char")
+    for split in text.SPLITS:
+        (tmp_path / "ptb_char" / f"ptb.char.{split}.txt").write_text(PTB_LINES, encoding="utf-8-sig")
+    corpus = text.ptb_char(tmp_path, download=False)
+    assert corpus.decode(corpus.splits["train"]) == "aer_banknote\nno_it_was_n't\n"
+
+
 def test_ptb_files_copied_again_with_the_same_text_keep_the_cache(tmp_path, capsys):
     """As after `cp -r` of a shared data folder, which may be read-only: newer, not different."""
     write_ptb(tmp_path / "ptb_char")
@@ -249,6 +267,23 @@ def test_ptb_downloads_the_archive_and_checks_it(tmp_path, monkeypatch):
 def test_ptb_offline_says_where_the_files_go(tmp_path):
     with pytest.raises(DataError, match=f"{tmp_path / 'ptb_char' / 'ptb.char.train.txt'}"):
         text.ptb_char(tmp_path, download=False)
+
+
+def test_ptb_offline_names_the_files_missing_and_only_them(tmp_path):
+    write_ptb(tmp_path / "ptb_char")
+    (tmp_path / "ptb_char" / "ptb.char.test.txt").unlink()
+    with pytest.raises(DataError, match=f"^{tmp_path / 'ptb_char' / 'ptb.char.test.txt'} missing: place them there"):
+        text.ptb_char(tmp_path, download=False)
+
+
+def test_ptb_files_placed_by_hand_are_kept_when_the_archive_supplies_the_others(tmp_path, monkeypatch):
+    archive = ptb_archive(tmp_path / "ptb_char" / "simple-examples.tgz")
+    monkeypatch.setattr(text, "PTB_ARCHIVE_DIGEST", "md5:" + hashlib.md5(archive.read_bytes()).hexdigest())
+    (tmp_path / "ptb_char" / "ptb.char.train.txt").write_text("m y _ o w n\n")
+    corpus = text.ptb_char(tmp_path, download=False)
+    assert (tmp_path / "ptb_char" / "ptb.char.train.txt").read_text() == "m y _ o w n\n"
+    assert corpus.decode(corpus.splits["train"]) == "my_own\n"
+    assert len(corpus.splits["valid"]) == len("aer_banknote\nno_it_was_n't\n")  # the archive's
 
 
 def test_ptb_offline_reads_an_archive_placed_by_hand_and_checks_it(tmp_path, monkeypatch):
