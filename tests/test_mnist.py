@@ -40,23 +40,54 @@ def write_idx(path, tensor):
     path.write_bytes(header + tensor.to(torch.uint8).numpy().tobytes())
 
 
+def write_torchvision_files(raw, train_pixels, train_labels, test_pixels, test_labels):
+    """torchvision.datasets.MNIST's four files, as it extracts them into MNIST/raw."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, tensor in zip(mnist.TORCHVISION_FILES, (train_pixels.view(-1, 28, 28), train_labels, test_pixels.view(-1, 28, 28), test_labels)):
+        write_idx(raw / name, tensor)
+
+
+def official_files(embedded, raw):
+    train, valid, test = (embedded[split] for split in mnist.SPLITS)
+    write_torchvision_files(raw, torch.cat([train[0], valid[0]]), torch.cat([train[1], valid[1]]), *test)
+
+
 def test_torchvision_files_give_the_same_split_as_the_embedded_source(embedded, tmp_path):
-    raw = tmp_path / "torchvision" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    train = torch.cat([embedded["train"][0], embedded["valid"][0]])
-    labels = torch.cat([embedded["train"][1], embedded["valid"][1]])
-    write_idx(raw / "train-images-idx3-ubyte", train.view(-1, 28, 28))
-    write_idx(raw / "train-labels-idx1-ubyte", labels)
-    write_idx(raw / "t10k-images-idx3-ubyte", embedded["test"][0].view(-1, 28, 28))
-    write_idx(raw / "t10k-labels-idx1-ubyte", embedded["test"][1])
+    official_files(embedded, tmp_path / "torchvision" / "MNIST" / "raw")
     loaded = mnist.load_mnist(tmp_path, source="torchvision", download=False)
     for split in mnist.SPLITS:
         assert torch.equal(loaded[split][0], embedded[split][0])
         assert torch.equal(loaded[split][1], embedded[split][1])
 
 
+def test_torchvision_files_placed_again_with_other_contents_rebuild_the_cache(embedded, tmp_path):
+    raw = tmp_path / "torchvision" / "MNIST" / "raw"
+    official_files(embedded, raw)
+    mnist.load_mnist(tmp_path, source="torchvision", download=False)
+    test_pixels, test_labels = embedded["test"]
+    write_idx(raw / "t10k-labels-idx1-ubyte", test_labels.roll(1))
+    loaded = mnist.load_mnist(tmp_path, source="torchvision", download=False)
+    assert torch.equal(loaded["test"][1], test_labels.roll(1))
+
+
+def test_torchvision_files_of_another_size_than_mnist_are_a_one_line_error(tmp_path):
+    pixels, labels = torch.zeros(100, 784, dtype=torch.uint8), torch.zeros(100, dtype=torch.long)
+    write_torchvision_files(tmp_path / "torchvision" / "MNIST" / "raw", pixels, labels, pixels, labels)
+    with pytest.raises(DataError, match="is not the official one .*: it holds train-images-idx3-ubyte 100, "):
+        mnist.load_mnist(tmp_path, source="torchvision", download=False)
+
+
+def test_an_empty_torchvision_file_is_a_one_line_error(tmp_path):
+    pixels, labels = torch.zeros(100, 784, dtype=torch.uint8), torch.zeros(100, dtype=torch.long)
+    write_torchvision_files(tmp_path / "torchvision" / "MNIST" / "raw", pixels, labels, pixels, labels)
+    (tmp_path / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(DataError, match=f"MNIST under {tmp_path / 'torchvision'} is missing or unreadable: ") as error:
+        mnist.load_mnist(tmp_path, source="torchvision", download=False)
+    assert "\n" not in str(error.value)
+
+
 def test_torchvision_source_without_files_or_network_says_where_they_go(tmp_path):
-    with pytest.raises(DataError, match=f"MNIST is not under {tmp_path / 'torchvision'}"):
+    with pytest.raises(DataError, match=f"MNIST under {tmp_path / 'torchvision'} is missing or unreadable: .* place torchvision's MNIST/raw files there"):
         mnist.load_mnist(tmp_path, source="torchvision", download=False)
 
 
