@@ -33,8 +33,8 @@ class DataError(RuntimeError):
 
 
 def default_root() -> Path:
-    """``$RBN_DATA``, else ``~/.cache/rbn``."""
-    return Path(os.environ.get("RBN_DATA", Path.home() / ".cache" / "rbn")).expanduser()
+    """``$RBN_DATA``, else (unset or empty) ``~/.cache/rbn``."""
+    return Path(os.environ.get("RBN_DATA") or Path.home() / ".cache" / "rbn").expanduser()
 
 
 def digest(path: Path, algorithm: str = "sha256") -> str:

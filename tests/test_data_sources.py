@@ -213,3 +213,33 @@ def test_a_cache_in_another_format_is_rebuilt(counting_cache, old):
     torch.save(old, path)
     assert torch.equal(sources.cached(path, build, ["x"])["x"], torch.arange(3))
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.arange(3))
+
+
+def fetch(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """python -m data.fetch ARGS, in process: its exit status and what it printed on stderr."""
+    from data import fetch as module
+
+    monkeypatch.setattr("sys.argv", ["fetch", *args])
+    with pytest.raises(SystemExit) as exit:
+        module.main()
+    return exit.value.code, capsys.readouterr().err
+
+
+def test_fetch_into_a_root_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("")
+    status, err = fetch(monkeypatch, capsys, "ptb_char", "--root", str(tmp_path / "a-file"))
+    assert status == 1
+    assert err == f"ptb_char: Not a directory: {tmp_path / 'a-file' / 'ptb_char'}\n"
+
+
+def test_fetch_expands_a_tilde_in_its_root_as_the_trainer_does(tmp_path, monkeypatch, capsys):
+    """--root=~/... reaches the program unexpanded: no shell expands a tilde after '='."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "a-file").write_text("")
+    _, err = fetch(monkeypatch, capsys, "ptb_char", "--root=~/a-file")
+    assert str(tmp_path / "a-file" / "ptb_char") in err
+
+
+def test_an_empty_rbn_data_is_the_default_root(monkeypatch):
+    monkeypatch.setenv("RBN_DATA", "")
+    assert sources.default_root() == Path.home() / ".cache" / "rbn"
