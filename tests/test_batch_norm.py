@@ -108,6 +108,20 @@ def test_update_bn_computes_the_average_of_per_timestep_batch_statistics():
     assert norm.momentum == 0.1 and norm.num_batches_tracked.tolist() == [3] * 6
 
 
+def test_update_bn_through_a_layer_averages_each_timestep_over_the_batches_that_reach_it(input_normalization):
+    """Batches of 6 and 3 steps: rows 0-2 average both, rows 3-5 the first only, rows 6-7 none."""
+    model = make("BNLSTM", max_length=8)
+    batches = [torch.randn(6, 5, 3) * 2 + 1, torch.randn(3, 5, 3)]
+    update_bn(batches, model)
+    assert all(norm.num_batches_tracked.tolist() == [2, 2, 2, 1, 1, 1, 0, 0]
+               for norm in model.modules() if isinstance(norm, rbn.SequenceBatchNorm))
+    term = [x @ model.weight_ih_l0.detach().t() for x in batches]  # W_x x, what bn_x normalizes
+    mean = torch.cat([(term[0][:3].mean(1) + term[1].mean(1)) / 2, term[0][3:].mean(1)])
+    var = torch.cat([(term[0][:3].var(1) + term[1].var(1)) / 2, term[0][3:].var(1)])
+    torch.testing.assert_close(model.bn_x_l0.running_mean[:6], mean)
+    torch.testing.assert_close(model.bn_x_l0.running_var[:6], var)
+
+
 def fold_in(norm: rbn.SequenceBatchNorm, x: torch.Tensor, entry: str) -> None:
     """One training batch's statistics into ``norm``, by one of its three entry points."""
     if entry == "whole sequence":
