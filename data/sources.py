@@ -142,14 +142,23 @@ def extract(archive: Path, member: str, path: Path, expected: str) -> Path:
     archive and the member, and the caller says what to do with the archive."""
     if path.is_file():
         return verify(path, expected)
-    with atomic_path(path) as tmp:
+    # zipfile lets zlib.error out of damaged data, NotImplementedError out of a compression method
+    # it lacks, RuntimeError out of an encrypted member, EOFError out of a short one, and OSError
+    # out of a directory that sends it before the file's start. The archive is opened outside,
+    # so that an archive that cannot be read, or a tmp that cannot be written, is no bad archive.
+    damaged = (KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError)
+    unreadable = f"cannot read {member} from {archive}"
+    with atomic_path(path) as tmp, open(archive, "rb") as raw:
         try:
-            with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as dst:
+            zf = zipfile.ZipFile(raw)
+            src = zf.open(member)
+        except (*damaged, OSError) as error:
+            raise DataError(f"{unreadable}: {error}") from None
+        with zf, src, open(tmp, "wb") as dst:
+            try:
                 shutil.copyfileobj(src, dst)
-        # zipfile lets zlib.error out of damaged data, NotImplementedError out of a compression
-        # method it lacks, RuntimeError out of an encrypted member and EOFError out of a short one.
-        except (KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as error:
-            raise DataError(f"cannot read {member} from {archive}: {error}") from None
+            except damaged as error:
+                raise DataError(f"{unreadable}: {error}") from None
         verify(tmp, expected, name=f"{member} in {archive}")
     return path
 

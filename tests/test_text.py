@@ -357,7 +357,8 @@ def test_text8_offline_reads_a_zip_placed_by_hand(tmp_path, small_text8):
 
 def zip_holding(content, damage=None):
     """A zip of text8 holding ``content`` whole, or damaged: cut in half, its compressed data
-    overwritten, marked compressed by a method zipfile lacks or encrypted, or holding another text."""
+    overwritten, marked compressed by a method zipfile lacks or encrypted, its end record pointing
+    the central directory past the file's start, or holding another text."""
     if damage == "wrong text8":
         content += b"tampered"
     buffer = io.BytesIO()
@@ -376,10 +377,12 @@ def zip_holding(content, damage=None):
         field, value = (8, 99) if damage == "unsupported method" else (6, 1)  # method 99: AES; flag bit 0
         struct.pack_into("<H", archive, info.header_offset + field, value)
         struct.pack_into("<H", archive, central + field + 2, value)
+    elif damage == "directory offset":  # zipfile then seeks before the file's start: an OSError
+        struct.pack_into("<I", archive, archive.rindex(b"PK\x05\x06") + 16, 0x7FFFFFFF)
     return bytes(archive)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupt", "unsupported method", "encrypted", "wrong text8"])
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "unsupported method", "encrypted", "directory offset", "wrong text8"])
 def test_a_bad_text8_zip_is_deleted_so_that_the_next_run_fetches_it_again(tmp_path, small_text8, monkeypatch, damage):
     kept = tmp_path / "root" / "text8" / "text8.zip"  # as an earlier run left it
     kept.parent.mkdir(parents=True)
