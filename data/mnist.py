@@ -139,8 +139,11 @@ class SequentialMNIST:
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """(pixels float (B, 784, 1) in [0, 1], labels (B,)): shuffled by ``generator`` when
-        given, otherwise in order; the last batch may be smaller."""
+        given (training), otherwise in order; the last batch may be smaller, but in training
+        not all of it."""
         pixels, labels = self.splits[split]
+        if generator is not None and batch_size > len(labels):
+            raise ValueError(f"the {split} split ({len(labels)} images) is smaller than a batch of {batch_size}")
         order = torch.randperm(len(labels), generator=generator) if generator is not None else torch.arange(len(labels))
         for start in range(0, len(labels), batch_size):
             index = order[start : start + batch_size]

@@ -166,10 +166,10 @@ def main() -> None:
         dataset = build_dataset(preset)
     except DataError as error:
         parser.error(f"MNIST is not available: {error}")
+    if len(dataset) < args.batches * batch_size:
+        parser.error(f"the training set has fewer than {args.batches} batches of {batch_size}")
     shuffled = dataset.batches("train", batch_size, generator=torch.Generator().manual_seed(0))
     batches = [(pooled(x, args.pool).to(device), y.to(device)) for x, y in itertools.islice(shuffled, args.batches)]
-    if len(batches) < args.batches or len(batches[-1][1]) < batch_size:
-        parser.error(f"the training set has fewer than {args.batches} batches of {batch_size}")
 
     curves = {}
     for name, gamma in [*(("bnlstm", gamma) for gamma in args.gammas), *((name, None) for name in REFERENCES)]:

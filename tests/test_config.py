@@ -9,7 +9,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
-from trainer_helpers import CONF, TINY_TEXT, compose_config
+from trainer_helpers import CONF, TINY, TINY_TEXT, compose_config
 
 import data
 from data import DataError
@@ -247,6 +247,13 @@ def test_an_optimizer_setting_that_torch_refuses_is_one_clear_line():
 def test_a_batch_larger_than_the_training_split_is_one_clear_line_before_training(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"trainer.batch_size=1000: the train split \(\d+ characters\) is too short"):
         Trainer(compose_config(*TINY_TEXT, "trainer.batch_size=1000"), tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_batch_larger_than_the_mnist_training_split_is_one_clear_line_before_training(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=13: the train split \(12 images\) is smaller than a batch of 13"):
+        Trainer(compose_config(*TINY, "trainer.batch_size=13"), tmp_path)
     assert not (tmp_path / "last.pt").exists()
 
 

@@ -202,6 +202,7 @@ def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_
         (["--seeds", "0"], "positive integer"),
         (["--batch-size", "1"], "at least 2"),
         (["--batches", "4"], "fewer than 4 batches of 4"),  # tiny data: 12 training images
+        (["--batches", "1", "--batch-size", "13"], "fewer than 1 batches of 13"),
         (["--device", "gpu"], "is not a device"),
         (["--png", "missing/f.png"], "missing is not a directory"),
         (["--png", "f.txt"], "cannot write a figure as .txt: matplotlib writes avif, eps,"),
