@@ -687,12 +687,12 @@ class Trainer:
     # --- logging -------------------------------------------------------------------------
 
     def _progress_bar(self) -> tqdm:
-        total, self._validation_every = schedule(self.cfg.trainer, epoch_length(self.dataset, self.cfg.trainer.batch_size))
-        self._total_steps = total
+        batches = epoch_length(self.dataset, self.cfg.trainer.batch_size)
+        self._total_steps, self._validation_every = schedule(self.cfg.trainer, batches)
         self._interval = _Interval(Metrics(self.task), self.progress.step)
         self._validation_seconds = 0.0  # the last validation's, once this attempt has made one
         show = self.cfg.trainer.progress_bar and sys.stderr.isatty()
-        return tqdm(total=total, initial=self.progress.step, unit="step", dynamic_ncols=True, disable=not show)
+        return tqdm(total=self._total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True, disable=not show)
 
     def _log_train(self, logits: Tensor, targets: Tensor, loss: Tensor, grad_norm: Tensor, bar: tqdm) -> None:
         """Every log_interval steps: the interval's means to TensorBoard, and to the progress

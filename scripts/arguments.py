@@ -1,7 +1,8 @@
 """What the scripts' command lines share. ``positive``, ``output_file`` and ``figure_file`` are
-argparse types; with ``device`` and ``checkpoint``, each refuses a bad value in argparse's one
-line before the script does any work, not after minutes of it. ``rebuilt_trainer`` is a run's trainer in a
-scratch directory, for the scripts that take a run further without touching it."""
+argparse types; with ``device``, ``distinct_names`` and ``checkpoint``, each refuses a bad value
+in argparse's one line before the script does any work, not after minutes of it.
+``rebuilt_trainer`` is a run's trainer in a scratch directory, for the scripts that take a run
+further without touching it."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def figure_file(text: str) -> Path:
     if path.suffix[1:].lower() not in formats:
         raise argparse.ArgumentTypeError(f"cannot write a figure as {path.suffix}: matplotlib writes {', '.join(sorted(formats))}")
     return path
+
+
+def distinct_names(parser: argparse.ArgumentParser, paths: list[Path], labels: str) -> None:
+    """Refuses directories that share a name, which labels what the script writes of each
+    (``labels`` says what, e.g. "the ROOTs' names label their runs")."""
+    if len({path.name for path in paths}) < len(paths):
+        parser.error(f"{labels}, and two are the same: " + " ".join(map(str, paths)))
 
 
 def output_directory(parser: argparse.ArgumentParser, path: Path) -> Path:

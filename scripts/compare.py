@@ -363,8 +363,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.roots) > 1 and args.out is None:
         parser.error("several ROOTs need --out: where to write the comparison")
-    if len({root.name for root in args.roots}) < len(args.roots):
-        parser.error("the ROOTs' names label their runs, and two are the same: " + " ".join(map(str, args.roots)))
+    arguments.distinct_names(parser, args.roots, "the ROOTs' names label their runs")
     groups: dict[str, dict[str, list[dict]]] = defaultdict(dict)
     unfinished: dict[str, dict] = {}
     for root in args.roots:

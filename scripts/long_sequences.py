@@ -174,8 +174,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path("."), help="where to write the table and the figure")
     args = parser.parse_args()
-    if len({run_dir.name for run_dir in args.run_dirs}) < len(args.run_dirs):
-        parser.error("the RUN_DIRs' names label their rows and lines, and two are the same: " + " ".join(map(str, args.run_dirs)))
+    arguments.distinct_names(parser, args.run_dirs, "the RUN_DIRs' names label their rows and lines")
     lengths = sorted(set(args.lengths))
     device = arguments.device(parser, args.device)
     try:
