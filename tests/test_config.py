@@ -289,3 +289,8 @@ def test_a_data_error_the_os_gives_without_a_file_name_keeps_its_message(monkeyp
     monkeypatch.setattr(data, "shakespeare", timed_out)
     with pytest.raises(DataError, match="^data=shakespeare: The read operation timed out$"):
         build_dataset(compose_config("experiment=shakespeare"))
+
+
+def test_a_run_name_that_just_fits_a_directory_is_kept_whole():
+    overrides = "a=" + "1" * 253  # 255 bytes
+    assert OmegaConf.create({"overrides": overrides, "name": "${run_name:${overrides}}"}).name == overrides

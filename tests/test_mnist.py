@@ -189,3 +189,10 @@ def test_shuffled_batches_cover_each_example_once_in_an_order_fixed_by_the_gener
 def test_pmnist_reuses_a_saved_permutation(embedded):
     saved = data.pmnist(seed=7).permutation
     assert torch.equal(data.pmnist(seed=0, fixed_permutation=saved).permutation, saved)
+
+
+def test_training_batches_read_pixels_in_the_permuted_order_too():
+    order = mnist.permutation(0)
+    plain = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits()).batches("train", 4, torch.Generator().manual_seed(3))])
+    permuted = mnist.SequentialMNIST(tiny_splits(), order).batches("train", 4, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([x for x, _ in permuted]), plain[:, order])

@@ -403,6 +403,16 @@ def test_a_finished_run_is_not_trained_again_and_its_directory_is_left_as_it_was
     assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.iterdir()} == files
 
 
+def test_a_finished_run_without_its_checkpoints_is_not_trained_again(tmp_path):
+    """As a run archived without its checkpoints: its results stand."""
+    cfg = compose_config(*TINY_TEXT)
+    first = Trainer(cfg, tmp_path).run()
+    for checkpoint in tmp_path.glob("*.pt"):
+        checkpoint.unlink()
+    assert Trainer(cfg, tmp_path).run() == first
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("results-step*"))
+
+
 def test_a_finished_run_trains_on_when_its_step_limit_is_raised(tmp_path):
     Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=4"), tmp_path / "extended").run()
     results = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=8"), tmp_path / "extended").run()
@@ -481,6 +491,12 @@ def test_resuming_with_another_config_is_refused(tmp_path):
         Trainer(compose_config(*TINY_TEXT, "model.hidden_size=5"), tmp_path)
 
 
+def test_resuming_with_another_gradient_clipping_is_refused(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    with pytest.raises(RunError, match=r"another config \(trainer.clip_grad_norm: 1.0 -> 0.5\)"):
+        Trainer(compose_config(*TINY_TEXT, "trainer.clip_grad_norm=0.5"), tmp_path)
+
+
 def saved_before_the_option_existed(run_dir, group: str, key: str) -> None:
     checkpoint = load(run_dir / "last.pt")
     del checkpoint["config"][group][key]
@@ -490,6 +506,12 @@ def saved_before_the_option_existed(run_dir, group: str, key: str) -> None:
 def test_a_run_saved_before_an_option_existed_resumes_where_the_option_keeps_its_default(tmp_path):
     Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
     saved_before_the_option_existed(tmp_path, "model", "h0_noise_std")
+    assert Trainer(compose_config(*TINY_TEXT), tmp_path).progress.step == 3
+
+
+def test_a_run_saved_before_a_trainer_option_existed_resumes_where_the_option_keeps_its_default(tmp_path):
+    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
+    saved_before_the_option_existed(tmp_path, "trainer", "precision")
     assert Trainer(compose_config(*TINY_TEXT), tmp_path).progress.step == 3
 
 
@@ -674,6 +696,14 @@ def nan_validation_at_step_3(monkeypatch):
     monkeypatch.setattr(Trainer, "evaluate", nan_at_step_3)
 
 
+def test_a_validation_that_only_equals_the_best_does_not_replace_it(tmp_path, monkeypatch):
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split, **kwargs: {**evaluate(self, split, **kwargs), "accuracy": 0.5})
+    results = Trainer(compose_config(*TINY), tmp_path).run()  # validations at steps 3 and 6, both 50%
+    assert results["best_step"] == 3
+    assert load(tmp_path / "best.pt")["progress"]["step"] == 3
+
+
 @pytest.mark.usefixtures("nan_validation_at_step_3")
 def test_a_validation_after_a_nan_one_becomes_the_best(tmp_path):
     assert Trainer(compose_config(*TINY_TEXT), tmp_path).run()["best_step"] == 6
@@ -717,6 +747,15 @@ def test_validation_with_batch_statistics_leaves_running_statistics_unchanged(tm
         assert torch.equal(value, before[name]), name
 
 
+def test_a_bn_lstm_is_validated_with_batch_statistics(tmp_path):
+    trainer = Trainer(compose_config(*TINY), tmp_path)
+    trainer.fit()  # its last validation at step 6, with the parameters it ends with
+    logged = EventAccumulator(str(tmp_path)).Reload().Scalars("valid/loss")[-1]
+    assert logged.step == 6
+    assert logged.value == pytest.approx(trainer.evaluate("valid", batch_statistics=True)["loss"], rel=1e-5)
+    assert logged.value != pytest.approx(trainer.evaluate("valid")["loss"], rel=1e-5)  # running statistics
+
+
 def test_a_language_models_batch_statistics_do_not_see_the_padding(tmp_path, monkeypatch):
     trainer = Trainer(compose_config(*TINY_TEXT, "trainer.batch_size=3", "trainer.limit_eval_batches=null"), tmp_path)
     batches = trainer.dataset.batches
@@ -742,6 +781,21 @@ def test_population_statistics_of_a_language_model_see_the_carried_state(tmp_pat
 
 
 INDEPENDENT = [*TINY_TEXT, "data.segments=independent"]
+
+
+def test_a_language_models_carried_state_starts_from_zero_at_each_epoch(tmp_path, monkeypatch):
+    trainer = Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=null", "trainer.max_epochs=2"), tmp_path)
+    starts, forward = [], trainer._forward
+
+    def recording(inputs, targets, state, *rest):
+        if trainer.model.training:
+            starts.append((trainer.progress.epoch, trainer.progress.epoch_step == 0, state is None))
+        return forward(inputs, targets, state, *rest)
+
+    monkeypatch.setattr(trainer, "_forward", recording)
+    trainer.fit()
+    assert {epoch for epoch, _, _ in starts} == {0, 1}
+    assert all(first == from_zero for _, first, from_zero in starts)  # carried within an epoch, not across
 
 
 def test_independent_segments_each_train_from_the_initial_state(tmp_path, monkeypatch):
@@ -961,3 +1015,18 @@ def test_each_epoch_has_its_own_data_order_fixed_by_the_seed(tmp_path, monkeypat
     assert not torch.equal(torch.cat(first[:3]), torch.cat(first[3:]))
     assert torch.equal(torch.cat(first), torch.cat(again))
     assert not torch.equal(torch.cat(first), torch.cat(other_seed))
+
+
+def test_the_gradient_is_clipped_to_clip_grad_norm_before_the_optimizer_step(tmp_path, monkeypatch):
+    trainer = Trainer(compose_config(*TINY_TEXT, "trainer.clip_grad_norm=0.01", "trainer.max_steps=2"), tmp_path)
+    clipped, step = [], trainer.optimizer.step
+
+    def recording(*args, **kwargs):
+        clipped.append(float(torch.stack([p.grad.norm() for p in trainer.model.parameters() if p.grad is not None]).norm()))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", recording)
+    trainer.fit()
+    norms = EventAccumulator(str(tmp_path)).Reload().Scalars("train/grad_norm")  # before clipping
+    assert norms[0].value > 0.1  # a limit that clips
+    assert len(clipped) == 2 and all(norm == pytest.approx(0.01, rel=1e-4) for norm in clipped)
