@@ -324,3 +324,59 @@ def test_reset_running_stats_forgets_what_step_gathered():
     norm.step(x, 0)
     norm.update_running_stats([4])
     torch.testing.assert_close(norm.running_mean[0], 0.1 * x.mean(0))
+
+
+@pytest.mark.parametrize("input_stats", ["per_step", "shared"])
+def test_whole_batches_train_under_bfloat16_autocast_into_float32_statistics(input_stats, monkeypatch):
+    """The input term normalized for the whole sequence, nothing padded: one F.batch_norm,
+    whose statistics stay in the parameters' dtype while the input is bf16."""
+    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", ())
+    mixed, full = make("BNLSTM", input_stats=input_stats), make("BNLSTM", input_stats=input_stats)
+    full.load_state_dict(mixed.state_dict())
+    x = torch.randn(6, 5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed(x)
+    full(x)
+    for name, value in full.state_dict().items():
+        assert mixed.state_dict()[name].dtype == value.dtype, name
+        torch.testing.assert_close(mixed.state_dict()[name], value, atol=2e-2, rtol=2e-2, msg=name)
+
+
+def test_steps_of_a_single_sequence_leave_their_running_statistics_as_they_were():
+    """Step by step, a step with one sequence left normalizes with the population statistics
+    and folds nothing in: the same statistics as the whole padded sequence at once."""
+    steps, whole = rbn.SequenceBatchNorm(2, max_length=6), rbn.SequenceBatchNorm(2, max_length=6)
+    batch_sizes = [3, 2, 1, 1]
+    x = torch.randn(4, 3, 2)
+    for t, (x_t, n) in enumerate(zip(x, batch_sizes)):
+        steps.step(x_t[:n], t)
+    steps.update_running_stats(batch_sizes)
+    whole(x, batch_sizes=batch_sizes)
+    assert steps.num_batches_tracked.tolist() == [1, 1, 0, 0, 0, 0]
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(steps.state_dict()[name], value, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_shift_adds_to_the_normalizations_own_beta(mode):
+    norm = rbn.SequenceBatchNorm(3, max_length=4).train(mode == "train")
+    with torch.no_grad():
+        norm.beta.uniform_(-1, 1)
+    x, shift = torch.randn(4, 5, 3), torch.randn(3)
+    expected = copy.deepcopy(norm)(x) + shift
+    torch.testing.assert_close(norm(x, shift=shift), expected)
+    torch.testing.assert_close(torch.stack([copy.deepcopy(norm).step(x_t, t, shift=shift) for t, x_t in enumerate(x)]),
+                               expected)
+
+
+def test_shared_statistics_of_a_padded_batch_pool_every_valid_step():
+    """BN-e*: one mean and variance over all valid (t, b) of the sequence, none per step."""
+    norm = rbn.SequenceBatchNorm(2, max_length=6, shared=True)
+    batch_sizes = [3, 2, 2, 1, 1]
+    valid = torch.arange(3) < torch.tensor(batch_sizes)[:, None]
+    x = torch.randn(5, 3, 2) * 3 + 1
+    rows = x[valid]  # (sum of batch_sizes, C)
+    expected = 0.1 * (rows - rows.mean(0)) / torch.sqrt(rows.var(0, unbiased=False) + norm.eps)
+    torch.testing.assert_close(norm(x, batch_sizes=batch_sizes)[valid], expected)
+    torch.testing.assert_close(norm.running_mean[0], 0.1 * rows.mean(0))
+    torch.testing.assert_close(norm.running_var[0], 0.9 + 0.1 * rows.var(0))

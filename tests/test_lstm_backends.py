@@ -138,3 +138,13 @@ def test_auto_equals_eager_in_training_with_h0_noise_and_dropout():
 def test_backend_is_shown_unless_auto():
     assert "backend" not in repr(make("LSTM"))
     assert "backend='eager'" in repr(make("LSTM", backend="eager"))
+
+
+def test_auto_equals_eager_when_every_sequence_ends_before_the_last_step():
+    """The fused op on the packed data gives as many steps as the longest sequence; the
+    output is padded back to the input's T, as the eager loop gives it."""
+    auto, eager = pair(num_layers=2)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 2, 1])
+    assert auto(x, lengths=lengths)[0].shape == (5, 3, 4)
+    assert_same(auto, eager, x, lengths=lengths)
