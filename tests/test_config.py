@@ -83,6 +83,12 @@ def test_a_saved_config_from_before_an_option_existed_rebuilds_with_its_default(
     assert from_dict(saved).data.with_replacement is False
 
 
+def test_a_text_config_saved_before_segments_existed_rebuilds_with_the_streams_it_trained_on():
+    saved = to_dict(compose_config("experiment=ptb_char"))
+    del saved["data"]["segments"]
+    assert from_dict(saved).data.segments.value == "streams"  # not the preset's independent segments of now
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_the_backend_reaches_the_layer(model):
     cfg = compose_config(f"model={model}", "model.backend=eager")

@@ -126,6 +126,11 @@ def test_permutation_is_the_same_in_another_process():
     assert output.strip() == str(mnist.permutation(3)[:20].tolist())
 
 
+def test_a_seed_gives_the_permutation_it_gave_earlier_runs():
+    """Runs are compared by their config: the same data.seed must be the same task."""
+    assert mnist.permutation(0)[:10].tolist() == [60, 361, 167, 578, 107, 772, 313, 626, 81, 367]
+
+
 def test_the_authors_order_is_their_codes_draws_with_replacement():
     np.random.seed(1)  # their sequential_mnist.py, run with its default seed and --permuted
     theirs = np.random.randint(0, 784, size=(784,))
@@ -184,6 +189,12 @@ def test_shuffled_batches_cover_each_example_once_in_an_order_fixed_by_the_gener
     assert [len(y) for y in labels] == [3, 3, 3, 1]
     assert torch.equal(torch.cat(labels), torch.cat(again))
     assert sorted(torch.cat(labels).tolist()) == sorted((torch.arange(10) % 10).tolist())
+
+
+def test_a_training_batch_as_large_as_the_split_is_the_whole_split():
+    dataset = mnist.SequentialMNIST(tiny_splits())
+    labels = [y for _, y in dataset.batches("train", 10, torch.Generator().manual_seed(5))]
+    assert [sorted(y.tolist()) for y in labels] == [list(range(10))]
 
 
 def test_pmnist_reuses_a_saved_permutation(embedded):

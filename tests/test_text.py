@@ -56,9 +56,21 @@ def test_plays_are_split_whole_about_90_5_5_and_always_the_same_way():
     assert all(sum(chr(65 + i) in s for s in splits.values()) == 1 for i in range(40))
 
 
+def test_validation_and_test_each_stop_at_the_play_that_brings_them_to_5_percent():
+    plays = {f"play-{i}": chr(65 + i) * 100 for i in range(20)}  # each play exactly 5% of all
+    splits = text.split_plays(plays)
+    assert len(splits["valid"]) == len(splits["test"]) == 100  # one play each
+
+
 def test_unknown_characters_become_id_zero():
     vocab = [UNKNOWN, "a", "b", "—"]
     assert text.encode("ab—zé", vocab).tolist() == [1, 2, 3, 0, 0]
+
+
+def test_the_vocabulary_is_the_training_texts_alone():
+    corpus = text.build_corpus({"train": "abba", "valid": "abz", "test": "ab"}, 8)
+    assert corpus.vocab == [UNKNOWN, "a", "b"]
+    assert corpus.splits["valid"].tolist() == [1, 2, 0]  # z, in validation only, is unknown
 
 
 def corpus(n=1000, length=7, segments="streams"):
@@ -136,6 +148,13 @@ def test_evaluation_predicts_every_character_but_the_first_exactly_once():
     assert torch.equal(targets[targets != IGNORE_INDEX], data.splits["valid"][1:].long())
     inputs = torch.cat([x for x, _ in batches], 1).flatten()
     assert torch.equal(inputs[targets != IGNORE_INDEX], data.splits["valid"][:-1].long())
+
+
+def test_a_stream_that_has_ended_still_runs_one_step_of_padding_in_the_last_batch():
+    """The layers refuse a length of 0: a row of padding alone gets length 1."""
+    *_, (_, targets) = corpus(n=58).batches("valid", 4)  # 57 targets in 4 streams of 15: the last ends after 12
+    assert (targets[-1] == IGNORE_INDEX).all()
+    assert text.padded_lengths(targets).tolist() == [1, 1, 1, 1]
 
 
 def test_a_split_too_short_for_one_training_batch_is_refused():
@@ -311,6 +330,11 @@ def test_text8_splits_first_90_next_5_last_5(tmp_path, small_text8):
     assert [len(corpus.splits[s]) for s in text.SPLITS] == [900, 200, len(small_text8) - 1100]
     assert corpus.decode(corpus.splits["valid"]) == small_text8[900:1100].decode()
     assert corpus.segment_length == 180
+
+
+def test_text8_is_split_as_the_paper_splits_its_100m_characters():
+    first, second = text.TEXT8_SPLIT  # small_text8 shrinks it for the tests around
+    assert (first, second - first, 100_000_000 - second) == (90_000_000, 5_000_000, 5_000_000)
 
 
 def test_text8_downloads_the_zip_and_checks_what_it_holds(tmp_path, small_text8, monkeypatch):
