@@ -87,6 +87,16 @@ def test_training_segments_continue_each_other_row_by_row():
     assert torch.equal((streams[:, 1:] - streams[:, :-1]) % 50, torch.ones_like(streams[:, 1:]))
 
 
+def test_training_streams_take_every_segment_whose_last_target_is_in_the_split():
+    """31 characters in streams of 2 x 7: at offset 3, 28 remain, 27 of them targets: one segment each."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(30):  # every offset below 7
+        inputs, targets = zip(*corpus(n=31).batches("train", 2, generator))
+        offset = int(inputs[0][0, 0])
+        assert len(inputs) == (31 - 1 - offset) // 14, offset
+        assert torch.equal(torch.cat(targets, 1), torch.cat(inputs, 1) + 1), offset
+
+
 def test_independent_training_segments_are_the_split_cut_at_an_offset_in_a_random_order():
     positions = torch.arange(1000)  # each symbol's id is its position
     data = CharCorpus([UNKNOWN, *map(chr, range(200, 1199))], {s: positions for s in text.SPLITS}, 7, "independent")
