@@ -51,6 +51,14 @@ def test_an_archived_run_has_its_results_config_and_the_scalars_tensorboard_show
     assert [step for step, _ in scalars(kept)["train/loss"]] == [2, 4, 6]
 
 
+def test_an_archived_runs_scalars_keep_their_wall_times(tmp_path, monkeypatch):
+    """TensorBoard's relative and wall-time axes read them."""
+    finished_run(tmp_path / "runs" / "run")
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    kept, run = events(tmp_path / "archive" / "run"), events(tmp_path / "runs" / "run")
+    assert [e.wall_time for e in kept.Scalars("train/loss")] == [e.wall_time for e in run.Scalars("train/loss")]
+
+
 def test_histograms_figures_samples_and_checkpoints_stay_behind(tmp_path, monkeypatch):
     run_dir = finished_run(tmp_path / "runs" / "text", *GRADIENT_FLOW)
     assert events(run_dir).Tags()["histograms"] and events(run_dir).Tags()["images"]

@@ -34,6 +34,12 @@ def write_run(
                 writer.add_scalar(tag, step + offset, step)
 
 
+def rewrite_results(run_dir: Path, **changes) -> None:
+    """Changes a run's results.json (write_run gives every split the same metrics, every run step 4)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**results, **changes}))
+
+
 def compare(monkeypatch, *args: str) -> list:
     """Runs compare.py; returns the figures it drew."""
     module = load_script("compare")
@@ -124,6 +130,28 @@ def test_a_model_the_paper_did_not_run_has_no_paper_number(tmp_path, monkeypatch
     assert "| lnlstm | 1 | 2.0000 |  | 2.0000 | 2.0000 | 4 |  |  |  |" in (tmp_path / "s" / "compare.md").read_text()
 
 
+def test_a_rows_test_valid_and_batch_statistics_columns_each_show_their_own_split(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "model=bnlstm", "bnlstm", 0, 0.0)
+    rewrite_results(tmp_path / "s" / "model=bnlstm", test={"bpc": 1.5}, valid={"bpc": 1.6}, valid_batch_statistics={"bpc": 1.7})
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| bnlstm | 1 | 1.5000 |  | 1.6000 | 1.7000 |" in (tmp_path / "s" / "compare.md").read_text()
+
+
+def test_a_rows_steps_are_those_its_runs_ended_at_and_its_times_their_mean(tmp_path, monkeypatch):
+    for seed, (step, seconds) in enumerate([(4, 60.0), (6, 120.0), (4, 600.0)]):
+        write_run(tmp_path / "s" / f"model=bnlstm,seed={seed}", "bnlstm", seed, 0.0, train_seconds=seconds, wall_seconds=seconds)
+        rewrite_results(tmp_path / "s" / f"model=bnlstm,seed={seed}", step=step)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| 4, 6 | 4.3 min | 4.3 min |  |" in (tmp_path / "s" / "compare.md").read_text()  # not the median's 2.0 min
+
+
+def test_the_paper_number_is_the_datasets_not_the_experiments(tmp_path, monkeypatch):
+    """ptb_char's experiment run on Shakespeare, which the paper did not run."""
+    write_run(tmp_path / "s" / "data=shakespeare", "bnlstm", 0, 0.0, experiment="ptb_char", overrides=("data=shakespeare",))
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| bnlstm | 1 | 2.0000 |  | 2.0000 |" in (tmp_path / "s" / "compare.md").read_text()
+
+
 def test_runs_of_two_experiments_on_one_dataset_are_two_rows(tmp_path, monkeypatch):
     write_run(tmp_path / "s" / "experiment=shakespeare", "bnlstm", 0, 0.0, overrides=("experiment=shakespeare",))
     write_run(tmp_path / "s" / "data=shakespeare,experiment=ptb_char", "bnlstm", 0, 1.0, experiment="ptb_char",
@@ -149,6 +177,23 @@ def test_a_sweep_over_a_key_that_changes_nothing_computed_has_a_row_per_value(tm
     report = (tmp_path / "s" / "compare.md").read_text()
     assert "| bnlstm trainer.cuda_graphs=false | 1 | 2.0000 |" in report
     assert "| bnlstm trainer.cuda_graphs=true | 1 | 3.0000 |" in report
+
+
+def test_overrides_that_all_of_a_datasets_runs_share_are_not_in_their_labels(tmp_path, monkeypatch):
+    for offset, lr in enumerate(("0.001", "0.002")):
+        overrides = ("model.hidden_size=64", f"optim.lr={lr}")
+        write_run(tmp_path / "s" / f"model.hidden_size=64,optim.lr={lr}", "bnlstm", 0, float(offset), overrides=overrides)
+    compare(monkeypatch, str(tmp_path / "s"))
+    report = (tmp_path / "s" / "compare.md").read_text()
+    assert "| bnlstm optim.lr=0.001 | 1 | 2.0000 |" in report
+    assert "| bnlstm optim.lr=0.002 | 1 | 3.0000 |" in report
+
+
+def test_runs_named_alike_in_two_sweeps_under_one_root_both_count(tmp_path, monkeypatch):
+    write_run(tmp_path / "s" / "a" / "model=bnlstm,seed=0", "bnlstm", 0, 0.0)
+    write_run(tmp_path / "s" / "b" / "model=bnlstm,seed=0", "bnlstm", 0, 1.0)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| bnlstm | 2 | 2.5000 ± 0.7071 |" in (tmp_path / "s" / "compare.md").read_text()
 
 
 @pytest.mark.parametrize("saved", [{"model": {}}, torch.zeros(3)], ids=["a dict without a checkpoint's keys", "a tensor"])
@@ -306,6 +351,16 @@ def test_a_run_not_finished_goes_on_at_its_recent_median_speed_not_its_last_inte
     set_where_it_stands(tmp_path / "s" / "run", speeds, 110, epoch=0, epoch_step=20, step=20)
     compare(monkeypatch, str(tmp_path / "s"))
     assert "| 2.00 | 45 s |" in (tmp_path / "s" / "compare.md").read_text()
+
+
+@pytest.mark.usefixtures("tiny_data")
+def test_a_run_not_finished_goes_on_at_the_median_of_exactly_its_last_ten_speeds(tmp_path, monkeypatch):
+    """The last ten are five at 2 and five at 4 a second (median 3); the last nine or eleven have a median of 4."""
+    stopped_progress(tmp_path / "s" / "run", monkeypatch, 4)
+    speeds = {**{step: 100.0 for step in range(1, 11)}, **{step: 2.0 for step in range(11, 16)}, **{step: 4.0 for step in range(16, 21)}}
+    set_where_it_stands(tmp_path / "s" / "run", speeds, 110, epoch=0, epoch_step=20, step=20)
+    compare(monkeypatch, str(tmp_path / "s"))
+    assert "| 3.00 | 30 s |" in (tmp_path / "s" / "compare.md").read_text()
 
 
 @pytest.mark.usefixtures("tiny_data")
