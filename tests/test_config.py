@@ -14,7 +14,7 @@ from trainer_helpers import CONF, TINY, TINY_TEXT, compose_config
 import data
 from data import DataError
 import rbn
-from rbn.config import GROUPS, ConfigError, check, from_dict, to_dict
+from rbn.config import GROUPS, ConfigError, Segments, check, from_dict, to_dict
 from rbn.models import CharLM, SequenceClassifier
 from rbn.trainer import Trainer, build_dataset, build_model, build_optimizer
 
@@ -77,16 +77,12 @@ def test_a_saved_config_this_version_cannot_rebuild_is_one_clear_line(change, me
     assert "\n" not in str(error.value)
 
 
-def test_a_saved_config_from_before_an_option_existed_rebuilds_with_its_default():
-    saved = to_dict(compose_config("experiment=pmnist"))
-    del saved["data"]["with_replacement"]
-    assert from_dict(saved).data.with_replacement is False
-
-
-def test_a_text_config_saved_before_segments_existed_rebuilds_with_the_streams_it_trained_on():
-    saved = to_dict(compose_config("experiment=ptb_char"))
-    del saved["data"]["segments"]
-    assert from_dict(saved).data.segments.value == "streams"  # not the preset's independent segments of now
+# ptb_char's preset now has independent segments; a config from before the option trained on streams.
+@pytest.mark.parametrize("experiment, key, default", [("pmnist", "with_replacement", False), ("ptb_char", "segments", Segments.streams)])
+def test_a_saved_config_from_before_an_option_existed_rebuilds_with_its_default(experiment, key, default):
+    saved = to_dict(compose_config(f"experiment={experiment}"))
+    del saved["data"][key]
+    assert from_dict(saved).data[key] is default
 
 
 @pytest.mark.parametrize("model", MODELS)

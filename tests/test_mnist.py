@@ -175,10 +175,14 @@ def test_batches_are_pixel_sequences_in_unit_range():
     torch.testing.assert_close(x[0, :3, 0], torch.tensor([0, 1, 2]) / 255)
 
 
-def test_batches_read_pixels_in_the_permuted_order():
+@pytest.mark.parametrize("split, seed", [("test", None), ("train", 3)], ids=["evaluation", "training"])
+def test_batches_read_pixels_in_the_permuted_order(split, seed):
+    def pixels(dataset):
+        generator = None if seed is None else torch.Generator().manual_seed(seed)  # the same shuffle for both
+        return torch.cat([x for x, _ in dataset.batches(split, 4, generator)])
+
     order = mnist.permutation(0)
-    plain = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits()).batches("test", 4)])
-    permuted = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits(), order).batches("test", 4)])
+    plain, permuted = pixels(mnist.SequentialMNIST(tiny_splits())), pixels(mnist.SequentialMNIST(tiny_splits(), order))
     assert torch.equal(permuted, plain[:, order])
 
 
@@ -200,10 +204,3 @@ def test_a_training_batch_as_large_as_the_split_is_the_whole_split():
 def test_pmnist_reuses_a_saved_permutation(embedded):
     saved = data.pmnist(seed=7).permutation
     assert torch.equal(data.pmnist(seed=0, fixed_permutation=saved).permutation, saved)
-
-
-def test_training_batches_read_pixels_in_the_permuted_order_too():
-    order = mnist.permutation(0)
-    plain = torch.cat([x for x, _ in mnist.SequentialMNIST(tiny_splits()).batches("train", 4, torch.Generator().manual_seed(3))])
-    permuted = mnist.SequentialMNIST(tiny_splits(), order).batches("train", 4, torch.Generator().manual_seed(3))
-    assert torch.equal(torch.cat([x for x, _ in permuted]), plain[:, order])

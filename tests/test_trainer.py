@@ -503,15 +503,10 @@ def saved_before_the_option_existed(run_dir, group: str, key: str) -> None:
     torch.save(checkpoint, run_dir / "last.pt")
 
 
-def test_a_run_saved_before_an_option_existed_resumes_where_the_option_keeps_its_default(tmp_path):
+@pytest.mark.parametrize("group, key", [("model", "h0_noise_std"), ("trainer", "precision")])
+def test_a_run_saved_before_an_option_existed_resumes_where_the_option_keeps_its_default(tmp_path, group, key):
     Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
-    saved_before_the_option_existed(tmp_path, "model", "h0_noise_std")
-    assert Trainer(compose_config(*TINY_TEXT), tmp_path).progress.step == 3
-
-
-def test_a_run_saved_before_a_trainer_option_existed_resumes_where_the_option_keeps_its_default(tmp_path):
-    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
-    saved_before_the_option_existed(tmp_path, "trainer", "precision")
+    saved_before_the_option_existed(tmp_path, group, key)
     assert Trainer(compose_config(*TINY_TEXT), tmp_path).progress.step == 3
 
 
