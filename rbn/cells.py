@@ -29,7 +29,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import pad_sequence
 
 from .norm import SequenceBatchNorm
@@ -44,10 +43,20 @@ def lstm_memory(gates: Tensor, c: Tensor) -> State:
     return torch.sigmoid(o), c
 
 
+def refuse_second_derivatives(what: str, instead: str) -> None:
+    """Called in a backward whose results autograd cannot differentiate again, and would take
+    for constants in a backward that builds a graph (``create_graph=True``, under which grad
+    mode is on inside it): second derivatives silently wrong. Raises in one line instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what} cannot be differentiated twice (a backward with create_graph=True); {instead}")
+
+
 class _RecurrentWeightGradient(torch.autograd.Function):
     """Identity on ``probe`` (T, B, 4H), which the steps add to W_h h_{t-1}: its gradient is
     then d(W_h h_{t-1}) for every t, and W_h's gradient, sum_t d_t^T h_{t-1}, one GEMM over
-    all T*B rows instead of T thin ones that each write and accumulate a (4H, H) gradient."""
+    all T*B rows instead of T thin ones that each write and accumulate a (4H, H) gradient.
+    Its h_{t-1} are detached and the steps' W_h too: second derivatives through them are
+    refused (``Cell.keep_hidden``)."""
 
     @staticmethod
     def forward(ctx, probe: Tensor, weight_hh: Tensor, hidden: list[Tensor]) -> Tensor:
@@ -56,7 +65,6 @@ class _RecurrentWeightGradient(torch.autograd.Function):
         return probe.view_as(probe)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_probe: Tensor):
         # Sequences that ended leave the batch: their rows of h are zero-padded here, and
         # their rows of d_probe are zero since those steps never ran.
@@ -106,8 +114,21 @@ class Cell:
     def keep_hidden(self, h_prev: list[Tensor]) -> None:
         """Hands the deferred gradient h_{t-1} of every step. After the loop, not inside the
         step: a compiled step that appended to a list would recompile at every length."""
-        if self.hidden is not None:
-            self.hidden.extend(h.detach() for h in h_prev)
+        if self.hidden is None:
+            return
+        self.hidden.extend(h.detach() for h in h_prev)
+        # The steps multiplied h_{t-1} by a detached W_h, so d h_{t-1} = d(W_h h_{t-1}) W_h
+        # carries no graph back to W_h: a backward that builds one, for second derivatives,
+        # must not pass through them. Any backward into the recurrence reaches some h_{t-1}.
+        what = (f"W_h's gradient as one GEMM after the loop (rbn.cells.{type(self).__name__}.defer_from_hidden_size"
+                f" = {self.defer_from_hidden_size} <= hidden_size {self.weight_hh.shape[1]})")
+
+        def refuse(grad: Tensor) -> None:
+            refuse_second_derivatives(what, "set it to math.inf to compute it per step, differentiably")
+
+        for h in h_prev:
+            if h.requires_grad:
+                h.register_hook(refuse)
 
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
         """x_t of every step of the eager loop: the input term, unbound along time."""

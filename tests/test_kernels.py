@@ -201,6 +201,19 @@ def refusal(model: rbn.Recurrent, x: torch.Tensor, **kwargs) -> str:
     return message
 
 
+@NEEDS_KERNELS
+@pytest.mark.parametrize("layer_name", NORMALIZED)
+def test_kernels_refuse_second_derivatives_in_one_line(layer_name):
+    """Their backward is not differentiable: autograd would take its results for constants."""
+    model = make(layer_name, I, H, backend="triton").to(DEVICE)
+    x = torch.randn(T, B, I, device=DEVICE, requires_grad=True)
+    loss = model(x)[0].square().sum()
+    with pytest.raises(RuntimeError) as refusal:
+        torch.autograd.grad(loss, x, create_graph=True)
+    assert str(refusal.value) == ("backend='triton' cannot be differentiated twice (a backward with "
+                                  "create_graph=True); backend='eager' can be")
+
+
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_triton_backend_refuses_float64_in_one_line(layer_name):
     model = make(layer_name, backend="triton").double()

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..cells import refuse_second_derivatives
 from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, multiprocessors,
                      recurrent_weight_gradients, state_sequences, tanh, tiling)
 
@@ -218,6 +219,7 @@ class BNLSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out: Tensor | None, d_c_n: Tensor | None):
+        refuse_second_derivatives("backend='triton'", "backend='eager' can be")
         term, weight_hh, gamma_h, gamma_c, beta_c, hs, cs, a_hat, mean_a, var_a, mean_c, var_c = ctx.saved_tensors
         batch_stats, eps_h, eps_c, tiles = ctx.options
         steps, batch, gates = term.shape

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..cells import refuse_second_derivatives
 from .common import (backward_buffers, grid_barrier, matmul_columns, matmul_gates, multiprocessors,
                      recurrent_weight_gradients, state_sequences, tanh, tiling)
 
@@ -293,6 +294,7 @@ class LNLSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out: Tensor | None, d_c_n: Tensor | None):
+        refuse_second_derivatives("backend='triton'", "backend='eager' can be")
         term, weight_hh, alpha_h, beta_h, alpha_c, beta_c, hs, cs, a_hat, var_a, mean_c, var_c = ctx.saved_tensors
         eps, tiles = ctx.options
         steps, batch, gates = term.shape
