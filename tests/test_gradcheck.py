@@ -10,7 +10,7 @@ import rbn
 from conftest import make
 
 
-def check(model, x, check=torch.autograd.gradcheck, **kwargs):
+def check(model, x, by=torch.autograd.gradcheck, **kwargs):
     model = model.double()
 
     def f(x, *params):
@@ -19,7 +19,7 @@ def check(model, x, check=torch.autograd.gradcheck, **kwargs):
 
     names = [name for name, _ in model.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
-    assert check(f, (x.double().requires_grad_(), *params))
+    assert by(f, (x.double().requires_grad_(), *params))
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -87,7 +87,7 @@ def test_second_derivatives_are_exact_with_the_recurrent_weight_gradient_per_ste
         monkeypatch.setattr(cell, "defer_from_hidden_size", math.inf)
     # Three units, not two: LN over two values is nearly a sign, too curved for finite differences.
     model = make(name, input_size=2, hidden_size=3, backend=backend).train(mode == "train")
-    check(model, torch.randn(3, 2, 2), check=torch.autograd.gradgradcheck)
+    check(model, torch.randn(3, 2, 2), by=torch.autograd.gradgradcheck)
 
 
 @pytest.mark.parametrize("wrt", ["input", "parameters"])
