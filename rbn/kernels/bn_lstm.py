@@ -114,32 +114,33 @@ def _forward(term, w_t, gamma_h, gamma_c, beta_c, hs, cs, a_hat, mean_a, var_a, 
 
 
 @triton.jit
-def _gate_backward(gate, d_pre, a_hat_gate, t, d_term, d_a, d_gamma_h, gamma_h, var_a, rows, row_ok, cols, col_ok,
+def _gate_backward(gate, d_pre, t, a_hat, d_term, d_a, d_gamma_h, gamma_h, var_a, rows, row_ok, cols, col_ok,
                    n, B, H, eps, BATCH_STATS: tl.constexpr):
     """From one gate's d(pre-activation): the input term's gradient, gamma_h's (this step's
-    share), and dA_t = d(W_h h_{t-1}) through BN."""
-    G = 4 * H
-    columns = gate * H + cols
-    mask = row_ok[:, None] & col_ok[None, :]
-    offsets = t * B * G + rows[:, None] * G + columns[None, :]
-    tl.store(d_term + offsets, d_pre, mask=mask)
-    tl.store(d_gamma_h + t * G + columns, tl.sum(tl.where(mask, d_pre * a_hat_gate, 0.0), 0), mask=col_ok)
-    gamma = tl.load(gamma_h + columns, mask=col_ok, other=0.0)
-    var = tl.load(var_a + t * G + columns, mask=col_ok, other=1.0)
-    d_a_t = _normalize_backward(gamma[None, :] * d_pre, a_hat_gate, var, eps, row_ok, n, BATCH_STATS)
-    tl.store(d_a + offsets, d_a_t, mask=mask)
-
-
-@triton.jit
-def _saved_gate(gate, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H):
-    """BN(a_t) of one gate as the forward stored it, and the gate's pre-activation."""
+    share), and dA_t = d(W_h h_{t-1}) through BN. Reads the gate's BN(a_t) here, not before:
+    a value loaded earlier would stay live across the stores between (registers spill)."""
     G = 4 * H
     columns = gate * H + cols
     mask = row_ok[:, None] & col_ok[None, :]
     offsets = t * B * G + rows[:, None] * G + columns[None, :]
     normalized = tl.load(a_hat + offsets, mask=mask, other=0.0)
+    tl.store(d_term + offsets, d_pre, mask=mask)
+    tl.store(d_gamma_h + t * G + columns, tl.sum(tl.where(mask, d_pre * normalized, 0.0), 0), mask=col_ok)
     gamma = tl.load(gamma_h + columns, mask=col_ok, other=0.0)
-    return normalized, gamma[None, :] * normalized + tl.load(term + offsets, mask=mask, other=0.0)
+    var = tl.load(var_a + t * G + columns, mask=col_ok, other=1.0)
+    d_a_t = _normalize_backward(gamma[None, :] * d_pre, normalized, var, eps, row_ok, n, BATCH_STATS)
+    tl.store(d_a + offsets, d_a_t, mask=mask)
+
+
+@triton.jit
+def _pre_activation(gate, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H):
+    """A gate's pre-activation BN(a_t; gamma_h) + u_t, from the BN(a_t) the forward stored."""
+    G = 4 * H
+    columns = gate * H + cols
+    mask = row_ok[:, None] & col_ok[None, :]
+    offsets = t * B * G + rows[:, None] * G + columns[None, :]
+    gamma = tl.load(gamma_h + columns, mask=col_ok, other=0.0)
+    return gamma[None, :] * tl.load(a_hat + offsets, mask=mask, other=0.0) + tl.load(term + offsets, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -165,32 +166,33 @@ def _backward(d_out, term, w, gamma_h, gamma_c, beta_c, cs, a_hat, var_a, mean_c
             # dL/dh_t: from the output at t, and from step t + 1 through W_h.
             d_h = tl.load(d_out + t * B * H + state, mask=mask, other=0.0) + matmul_columns(
                 d_a + (t + 1) * B * G, G, w, H, cols, rows, row_ok, col_ok, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
-            a_i, pre_i = _saved_gate(0, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H)
-            a_f, pre_f = _saved_gate(1, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H)
-            a_g, pre_g = _saved_gate(2, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H)
-            a_o, pre_o = _saved_gate(3, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H)
-            i, f, g, o = tl.sigmoid(pre_i), tl.sigmoid(pre_f), tanh(pre_g), tl.sigmoid(pre_o)
-            c_prev = tl.load(cs + t * B * H + state, mask=mask, other=0.0)
-            c = tl.load(cs + (t + 1) * B * H + state, mask=mask, other=0.0)
+            # Gate by gate, each value read where it is first needed (o first: it alone needs
+            # d_h), so that few (BLOCK_B, BLOCK_H) tiles are live at once.
+            o = tl.sigmoid(_pre_activation(3, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H))
             mean = tl.load(mean_c + t * H + cols, mask=col_ok, other=0.0)
             var = tl.load(var_c + t * H + cols, mask=col_ok, other=1.0)
+            c = tl.load(cs + (t + 1) * B * H + state, mask=mask, other=0.0)
             c_hat = (c - mean[None, :]) / tl.sqrt(var[None, :] + eps_c)
             gamma = tl.load(gamma_c + cols, mask=col_ok, other=0.0)
             beta = tl.load(beta_c + cols, mask=col_ok, other=0.0)
             tanh_z = tanh(gamma[None, :] * c_hat + beta[None, :])
             d_z = tl.where(mask, d_h * o * (1.0 - tanh_z * tanh_z), 0.0)
+            _gate_backward(3, d_h * tanh_z * o * (1.0 - o), t, a_hat, d_term, d_a, d_gamma_h, gamma_h, var_a,
+                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
             tl.store(d_gamma_c + t * H + cols, tl.sum(d_z * c_hat, 0), mask=col_ok)
             tl.store(d_beta_c + t * H + cols, tl.sum(d_z, 0), mask=col_ok)
             d_cell = tl.load(d_c + state, mask=mask, other=0.0) + _normalize_backward(
                 gamma[None, :] * d_z, c_hat, var, eps_c, row_ok, n, BATCH_STATS)
+            i = tl.sigmoid(_pre_activation(0, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H))
+            g = tanh(_pre_activation(2, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H))
+            _gate_backward(0, d_cell * g * i * (1.0 - i), t, a_hat, d_term, d_a, d_gamma_h, gamma_h, var_a,
+                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
+            _gate_backward(2, d_cell * i * (1.0 - g * g), t, a_hat, d_term, d_a, d_gamma_h, gamma_h, var_a,
+                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
+            f = tl.sigmoid(_pre_activation(1, t, term, a_hat, gamma_h, rows, row_ok, cols, col_ok, B, H))
             tl.store(d_c + state, d_cell * f, mask=mask)
-            _gate_backward(0, d_cell * g * i * (1.0 - i), a_i, t, d_term, d_a, d_gamma_h, gamma_h, var_a,
-                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
-            _gate_backward(1, d_cell * c_prev * f * (1.0 - f), a_f, t, d_term, d_a, d_gamma_h, gamma_h, var_a,
-                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
-            _gate_backward(2, d_cell * i * (1.0 - g * g), a_g, t, d_term, d_a, d_gamma_h, gamma_h, var_a,
-                           rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
-            _gate_backward(3, d_h * tanh_z * o * (1.0 - o), a_o, t, d_term, d_a, d_gamma_h, gamma_h, var_a,
+            c_prev = tl.load(cs + t * B * H + state, mask=mask, other=0.0)
+            _gate_backward(1, d_cell * c_prev * f * (1.0 - f), t, a_hat, d_term, d_a, d_gamma_h, gamma_h, var_a,
                            rows, row_ok, cols, col_ok, n, B, H, eps_h, BATCH_STATS)
         grid_barrier(counter, (s + 1) * PROGRAMS)
 
