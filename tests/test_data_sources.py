@@ -235,6 +235,7 @@ def test_fetch_into_a_root_that_is_a_file_is_one_line(tmp_path, monkeypatch, cap
 def test_fetch_expands_a_tilde_in_its_root_as_the_trainer_does(tmp_path, monkeypatch, capsys):
     """--root=~/... reaches the program unexpanded: no shell expands a tilde after '='."""
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # unexpanded, the path would be made under the working directory
     (tmp_path / "a-file").write_text("")
     _, err = fetch(monkeypatch, capsys, "ptb_char", "--root=~/a-file")
     assert str(tmp_path / "a-file" / "ptb_char") in err
