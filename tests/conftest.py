@@ -64,12 +64,17 @@ def layer_backend(request) -> tuple[str, str]:
     return request.param
 
 
+def defer_weight_gradient_from(monkeypatch, hidden_size: float) -> None:
+    """Every cell computes W_h's gradient as one GEMM over all steps from this hidden size on,
+    and a GEMM per step below it."""
+    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
+        monkeypatch.setattr(cell, "defer_from_hidden_size", hidden_size)
+
+
 @pytest.fixture(params=["deferred", "per_step"])
 def weight_gradient(request, monkeypatch):
     """W_h's gradient as one GEMM over all steps, or a GEMM per step, whatever the size."""
-    threshold = 0 if request.param == "deferred" else 10**9
-    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
-        monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
+    defer_weight_gradient_from(monkeypatch, 0 if request.param == "deferred" else 10**9)
     return request.param
 
 

@@ -7,7 +7,7 @@ import torch
 
 import rbn
 
-from conftest import make
+from conftest import defer_weight_gradient_from, make
 
 
 def check(model, x, by=torch.autograd.gradcheck, **kwargs):
@@ -70,8 +70,7 @@ def test_deferred_recurrent_weight_gradient_equals_the_per_step_one(layer_name, 
     x = torch.randn(6, 5, 3, dtype=torch.float64)
     gradients = []
     for threshold in (0, 10**9):
-        for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
-            monkeypatch.setattr(cell, "defer_from_hidden_size", threshold)
+        defer_weight_gradient_from(monkeypatch, threshold)
         model.zero_grad()
         model(x, lengths=torch.tensor([6, 2, 4, 6, 3]))[0].square().sum().backward()
         gradients.append([p.grad.clone() for p in model.parameters()])
@@ -83,8 +82,7 @@ def test_deferred_recurrent_weight_gradient_equals_the_per_step_one(layer_name, 
 def test_second_derivatives_are_exact_with_the_recurrent_weight_gradient_per_step(layer_backend, mode, monkeypatch):
     """The escape that the refusal below names; rbn.LSTM's "auto" is torch's own LSTM."""
     name, backend = layer_backend
-    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
-        monkeypatch.setattr(cell, "defer_from_hidden_size", math.inf)
+    defer_weight_gradient_from(monkeypatch, math.inf)
     # Three units, not two: LN over two values is nearly a sign, too curved for finite differences.
     model = make(name, input_size=2, hidden_size=3, backend=backend).train(mode == "train")
     check(model, torch.randn(3, 2, 2), by=torch.autograd.gradgradcheck)
@@ -94,8 +92,7 @@ def test_second_derivatives_are_exact_with_the_recurrent_weight_gradient_per_ste
 def test_a_second_derivative_through_the_deferred_recurrent_weight_gradient_is_refused_in_one_line(layer_name, wrt, monkeypatch):
     """The steps multiply by a detached W_h: a graph built through them would leave W_h out of
     second derivatives, silently."""
-    for cell in (rbn.cells.LSTMCell, rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
-        monkeypatch.setattr(cell, "defer_from_hidden_size", 4)
+    defer_weight_gradient_from(monkeypatch, 4)
     model = make(layer_name, hidden_size=4, backend="eager")
     x = torch.randn(3, 2, 3, requires_grad=True)
     loss = model(x)[0].square().sum()
