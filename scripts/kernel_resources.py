@@ -1,7 +1,9 @@
 """Compiles the Triton kernels for a GPU target without a GPU and prints what each uses:
 registers, stack (spilled registers) and shared memory, read from the cubin with the
-``cuobjdump`` that Triton ships. For tuning the kernels' tiling on a machine with no GPU, and
-for catching code that Triton's interpreter accepts but its compiler rejects.
+``cuobjdump`` that Triton ships, and where the spills are: the spill stores and loads inside
+the loop over time, read from the machine code with its ``nvdisasm`` (``loop_over_time``).
+For tuning the kernels' tiling on a machine with no GPU, and for catching code that Triton's
+interpreter accepts but its compiler rejects.
 
     python scripts/kernel_resources.py                   # sm_90 (H100), the batch sizes the tiling uses
     python scripts/kernel_resources.py --arch 80 --batch 64 128
@@ -12,12 +14,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be built for the compiler, not the interpreter
+if __name__ == "__main__":  # the kernels must be built for the compiler, not the interpreter
+    os.environ.pop("TRITON_INTERPRET", None)
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
@@ -47,8 +52,9 @@ def specialization(kernel, signature: dict[str, str], sizes: dict[str, int]) -> 
 
 
 def resources(kernel, constants: dict, tiles: Tiling, arch: int, sizes: dict[str, int]) -> str:
-    """cuobjdump's resource line of the kernel compiled with these constants, specialized as
-    a launch on these sizes (T, B, H) would be."""
+    """The table's cells for the kernel compiled with these constants, specialized as a launch
+    on these sizes (T, B, H) would be: cuobjdump's registers and stack, the shared memory, and
+    the spills in the loop over time."""
     constants = dict(constants, BLOCK_B=tiles.block_b, BLOCK_H=tiles.block_h, BLOCK_K=tiles.block_k,
                      BLOCKS=tiles.blocks, PROGRAMS=tiles.programs, PRECISION=tiles.precision,
                      BLOCKS_P2=triton.next_power_of_2(tiles.blocks))
@@ -64,11 +70,42 @@ def resources(kernel, constants: dict, tiles: Tiling, arch: int, sizes: dict[str
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        report = subprocess.run([str(tool), "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
-    usage = next(line for line in report.splitlines() if "REG:" in line)
+        usage = next(line for line in _tool("cuobjdump", "-res-usage", cubin.name).splitlines() if "REG:" in line)
+        step = loop_over_time(_tool("nvdisasm", "--print-code", cubin.name))
     fields = dict(field.split(":") for field in usage.split() if ":" in field)
-    return f"{fields['REG']:>4} | {fields['STACK']:>5} | {compiled.metadata.shared:>6}"
+    return (f"{fields['REG']:>4} | {fields['STACK']:>5} | {compiled.metadata.shared:>6} | {step.instructions:>5} | "
+            f"{step.spill_stores:>6} | {step.spill_loads:>5}")
+
+
+def _tool(name: str, *args: str) -> str:
+    """The output of one of the CUDA tools that Triton ships."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return subprocess.run([str(tool), *args], capture_output=True, text=True, check=True).stdout
+
+
+class Loop(NamedTuple):
+    instructions: int
+    spill_stores: int
+    spill_loads: int
+
+
+def loop_over_time(sass: str) -> Loop:
+    """The instructions in nvdisasm's listing of a kernel that lie inside its outermost loop,
+    which is the loop over time, and among them the spill stores and loads (STL, LDL): what
+    each step pays for spilling, in instructions a thread runs at least once a step (those in
+    an inner loop, over K or a barrier's spin, more often). The stack's other spills are values
+    the compiler computed once before the loop (addresses, masks), stored there and reloaded
+    inside it."""
+    lines = sass.splitlines()
+    labels = {match[1]: n for n, line in enumerate(lines) if (match := re.match(r"\s*(\.L_x_\d+):", line))}
+    loops = [(labels[match[1]], n) for n, line in enumerate(lines)
+             if (match := re.search(r"\bBRA\b.*`\((\.L_x_\d+)\)", line)) and labels.get(match[1], n) < n]
+    if not loops:
+        return Loop(0, 0, 0)
+    first, last = max(loops, key=lambda loop: loop[1] - loop[0])
+    body = [line for line in lines[first:last + 1] if re.match(r"\s*/\*[0-9a-f]+\*/", line)]
+    return Loop(len(body), sum(re.search(r"\bSTL\b", line) is not None for line in body),
+                sum(re.search(r"\bLDL\b", line) is not None for line in body))
 
 
 def main() -> None:
@@ -84,9 +121,9 @@ def main() -> None:
     parser.add_argument("--sms", type=arguments.positive, default=132, help="the GPU's multiprocessors (132 on the H100 SXM)")
     args = parser.parse_args()
     print(f"sm_{args.arch}, hidden {args.hidden}, {args.steps} steps: registers and stack (spills) per thread in bytes, "
-          "shared memory per program")
-    print(f"| {'kernel':<17} | {'batch':>5} | {'warps':>5} | regs | stack | shared |")
-    print(f"|{'-' * 19}|{'-' * 7}|{'-' * 7}|{'-' * 6}|{'-' * 7}|{'-' * 8}|")
+          "shared memory per program, and the loop over time's instructions, spill stores and spill loads")
+    print(f"| {'kernel':<17} | {'batch':>5} | {'warps':>5} | regs | stack | shared |  loop | stores | loads |")
+    print(f"|{'-' * 19}|{'-' * 7}|{'-' * 7}|{'-' * 6}|{'-' * 7}|{'-' * 8}|{'-' * 7}|{'-' * 8}|{'-' * 7}|")
     for batch in args.batch:
         tiles = dataclasses.replace(tiling(batch, args.hidden, args.sms), precision="tf32")
         for name, (kernel, constants) in KERNELS.items():
