@@ -7,7 +7,8 @@ cell has:
 - ``input_term(x, batch_sizes)``: everything that does not depend on h_{t-1}, for all T
   timesteps at once: x (T, B, I) -> (T, B, 4H);
 - ``step_inputs(x, batch_sizes)``: what the eager loop hands the step at each timestep: the
-  input term, unbound along time (or, for BN-LSTM on CPU, x_t itself);
+  input term, unbound along time (or, for the normalized cells on CPU, x_t itself, which the
+  step turns into its input term);
 - ``probe(t, batch)``: step t of the tensor that carries W_h's gradient (see
   ``defer_weight_gradient``), or None; taken outside the step, so that a compiled step never
   indexes a Python sequence by t;
@@ -87,8 +88,18 @@ class Cell:
     # H = 100, 256 and 400 and a gain at H = 1000.
     defer_from_hidden_size: ClassVar[int] = 512
 
+    # Devices on which the eager loop's step computes its input term from x_t, as the most-used
+    # public BN-LSTM port does, rather than for all steps at once in ``input_term``. On CPU a
+    # whole sequence's (T, B, 4H) tensor (125 MB at the seqMNIST preset's batch of 100) is
+    # memory that glibc maps afresh at every call and the kernel faults in page by page, and
+    # the whole-sequence input term of a normalized cell makes several of them per forward and
+    # backward: more than its larger kernels save (docs/speed.md). CUDA's caching allocator
+    # keeps its blocks, and there each per-step kernel is one more launch.
+    per_step_input_devices: ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self) -> None:
         self.hidden: list[Tensor] | None = None  # h_{t-1} of every step, when deferring
+        self.input_per_step = False
         self.probes: tuple[Tensor, ...] | None = None
         # Transposed once per sequence, not at every step: a per-step transpose costs a
         # backward node and a strided gradient accumulation per step.
@@ -131,8 +142,16 @@ class Cell:
                 h.register_hook(refuse)
 
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
-        """x_t of every step of the eager loop: the input term, unbound along time."""
-        return self.input_term(x, batch_sizes).unbind(0)
+        """x_t of every step of the eager loop: the input term, unbound along time, or, on
+        ``per_step_input_devices``, x_t itself, which the step multiplies and normalizes."""
+        self.input_per_step = self.inputs_per_step(x)
+        if not self.input_per_step:
+            return self.input_term(x, batch_sizes).unbind(0)
+        self.zero_probes(x.new_zeros(()).expand(*x.shape[:2], len(self.weight_ih)))
+        return x.unbind(0)
+
+    def inputs_per_step(self, x: Tensor) -> bool:
+        return x.device.type in self.per_step_input_devices
 
     def zero_probes(self, like: Tensor) -> None:
         """A zero probe, for cells that normalize W_h h_{t-1} before adding anything to it."""
@@ -189,17 +208,7 @@ class BNLSTMCell(Cell):
     bn_h: SequenceBatchNorm
     bn_c: SequenceBatchNorm
 
-    # Devices on which the eager loop multiplies and normalizes x_t at each step, as the most-used
-    # public port does, rather than for all steps at once in ``input_term``. On CPU a whole
-    # sequence's (T, B, 4H) tensor (80 MB on seqMNIST) is memory that glibc maps afresh at every
-    # call and the kernel faults in page by page, and the whole-sequence input term makes five of
-    # them per forward and backward: more than its larger kernels save (README, "Speed"). CUDA's
-    # caching allocator keeps its blocks, and there each per-step kernel is one more launch.
     per_step_input_devices: ClassVar[tuple[str, ...]] = ("cpu",)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.input_per_step = False
 
     def input_term(self, x: Tensor, batch_sizes: list[int]) -> Tensor:
         # W_x x laid out (B, T, 4H) in memory, so that BN over the batch for every timestep
@@ -208,19 +217,17 @@ class BNLSTMCell(Cell):
         self.zero_probes(wx)
         return self.bn_x(wx, batch_sizes, shift=self.bias, first_step=self.first_step)
 
+    def inputs_per_step(self, x: Tensor) -> bool:
+        # Statistics shared over time need the whole sequence.
+        return super().inputs_per_step(x) and not self.bn_x.shared
+
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
-        """The normalized input term of every step or, on ``per_step_input_devices``, x_t,
-        which the step multiplies and normalizes. Statistics shared over time need the whole
-        sequence."""
-        self.input_per_step = x.device.type in self.per_step_input_devices and not self.bn_x.shared
         for norm in (self.bn_x, self.bn_h, self.bn_c):
             if norm.training:  # only steps in training fill its rows
                 norm.start_sequence()
-        if not self.input_per_step:
-            return super().step_inputs(x, batch_sizes)
-        self.bn_x.check_batch(x.shape[1])
-        self.zero_probes(x.new_zeros(()).expand(*x.shape[:2], len(self.weight_ih)))
-        return x.unbind(0)
+        if self.inputs_per_step(x):
+            self.bn_x.check_batch(x.shape[1])
+        return super().step_inputs(x, batch_sizes)
 
     def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
@@ -274,14 +281,22 @@ class LNLSTMCell(Cell):
     ln_h: nn.LayerNorm
     ln_c: nn.LayerNorm
 
+    per_step_input_devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
     def input_term(self, x: Tensor, batch_sizes: list[int]) -> Tensor:
         wx = F.linear(x, self.weight_ih)
         self.zero_probes(wx)
+        return self.normalized_input(wx)
+
+    def normalized_input(self, wx: Tensor) -> Tensor:
+        """LN(W_x x; alpha_2, beta_2) + b, for any number of leading dimensions."""
         term = self.ln_x(wx)
         return term if self.bias is None else term + self.bias
 
     def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state
+        if self.input_per_step:
+            x_t = self.normalized_input(F.linear(x_t, self.weight_ih))
         w_h = self.recurrent(h, probe_t)
         o, c = lstm_memory(x_t + self.ln_h(w_h), c)
         return o * torch.tanh(self.ln_c(c)), c

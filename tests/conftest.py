@@ -78,12 +78,18 @@ def weight_gradient(request, monkeypatch):
     return request.param
 
 
+def normalize_input_per_step_on(monkeypatch, devices: tuple[str, ...]) -> None:
+    """The normalized cells' W_x x normalized at each step of the eager loop on ``devices``,
+    and for the whole sequence before it elsewhere."""
+    for cell in (rbn.cells.BNLSTMCell, rbn.cells.LNLSTMCell):
+        monkeypatch.setattr(cell, "per_step_input_devices", devices)
+
+
 @pytest.fixture(params=["per_step", "whole_sequence"])
 def input_normalization(request, monkeypatch):
-    """BN-LSTM's W_x x normalized at each step of the loop (the default on CPU), or for the
-    whole sequence before it (the default on GPU), whatever the device."""
-    devices = ("cpu", "cuda") if request.param == "per_step" else ()
-    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", devices)
+    """BN-LSTM's and LN-LSTM's W_x x normalized at each step of the loop (the default on CPU),
+    or for the whole sequence before it (the default on GPU), whatever the device."""
+    normalize_input_per_step_on(monkeypatch, ("cpu", "cuda") if request.param == "per_step" else ())
     return request.param
 
 

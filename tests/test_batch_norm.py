@@ -1,4 +1,5 @@
-"""Per-timestep batch normalization: initial values, running statistics, update_bn, max_length."""
+"""Per-timestep batch normalization: initial values, running statistics, update_bn, max_length;
+and where the normalized cells compute their input term (at each step on CPU)."""
 
 import copy
 
@@ -88,6 +89,16 @@ def test_on_cpu_the_loop_normalizes_the_input_term_step_by_step(monkeypatch):
     model(torch.randn(6, 5, 3))
     assert not any(norm is model.bn_x_l0 for norm in whole)
     assert [t for norm, t in steps if norm is model.bn_x_l0] == list(range(6))
+
+
+def test_on_cpu_the_ln_lstm_normalizes_its_input_term_step_by_step(monkeypatch):
+    """As BN-LSTM does, for the same reason (rbn.cells.Cell.per_step_input_devices): the
+    LayerNorm of W_x x sees one step's (B, 4H) at a time, not the sequence's (T, B, 4H)."""
+    model = make("LNLSTM")
+    shapes = []
+    model.ln_x_l0.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    model(torch.randn(6, 5, 3))
+    assert shapes == [(5, 4 * model.hidden_size)] * 6
 
 
 def test_off_the_per_step_devices_the_input_term_is_normalized_for_the_whole_sequence(monkeypatch):

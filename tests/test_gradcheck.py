@@ -5,9 +5,7 @@ import math
 import pytest
 import torch
 
-import rbn
-
-from conftest import defer_weight_gradient_from, make
+from conftest import defer_weight_gradient_from, make, normalize_input_per_step_on
 
 
 def check(model, x, by=torch.autograd.gradcheck, **kwargs):
@@ -106,16 +104,19 @@ def test_a_second_derivative_through_the_deferred_recurrent_weight_gradient_is_r
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_gradients_are_exact_either_way_of_normalizing_the_input_term(input_normalization, mode):
-    model = make("BNLSTM", input_size=2, hidden_size=2, bidirectional=True).train(mode == "train")
+@pytest.mark.parametrize("layer_name", ["BNLSTM", "LNLSTM"])
+def test_gradients_are_exact_either_way_of_normalizing_the_input_term(input_normalization, layer_name, mode):
+    model = make(layer_name, input_size=2, hidden_size=2, bidirectional=True).train(mode == "train")
     check(model, torch.randn(5, 4, 2), lengths=torch.tensor([5, 2, 4, 5]))
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_normalizing_the_input_term_per_step_equals_normalizing_it_whole(mode, monkeypatch):
+@pytest.mark.parametrize("layer_name", ["BNLSTM", "LNLSTM"])
+def test_normalizing_the_input_term_per_step_equals_normalizing_it_whole(layer_name, mode, monkeypatch):
     """Padded, with a step of a single sequence (population statistics) and steps beyond
     max_length; the outputs, every gradient and the running statistics afterwards."""
-    model = make("BNLSTM", num_layers=2, max_length=4).double().train(mode == "train")
+    options = {"max_length": 4} if layer_name == "BNLSTM" else {}
+    model = make(layer_name, num_layers=2, **options).double().train(mode == "train")
     with torch.no_grad():  # population statistics away from their initial values, for eval
         for name, buffer in model.named_buffers():
             if "running" in name:
@@ -124,7 +125,7 @@ def test_normalizing_the_input_term_per_step_equals_normalizing_it_whole(mode, m
     x = torch.randn(6, 5, 3, dtype=torch.float64)
     results = []
     for devices in (("cpu",), ()):
-        monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", devices)
+        normalize_input_per_step_on(monkeypatch, devices)
         model.load_state_dict(initial)
         model.zero_grad()
         output, _ = model(x, lengths=torch.tensor([6, 2, 4, 3, 1]))
