@@ -298,6 +298,11 @@ def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds
     for run, inputs in kernels.values():  # warm-up; compiles
         forward_backward(run, inputs)
     time_batch(reference, x)
+    barriers = grid_barriers(batch, hidden, device) if rbn.kernels.unsupported(x, weight) is None else None
+    if barriers is not None:
+        barrier_label, time_barriers = barriers
+        times[barrier_label] = []
+        time_barriers(steps)  # warm-up; compiles
     for _ in range(rounds):
         times["nn.LSTM, per timestep"].append(time_batch(reference, x) / steps)
         for label, (run, inputs) in kernels.items():
@@ -307,7 +312,30 @@ def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds
                 forward_backward(run, inputs)
             synchronize(device)
             times[label].append((time.perf_counter() - start) / steps)
+        if barriers is not None:
+            times[barrier_label].append(time_barriers(steps) / steps)
     return [dict(shape=name, kernel=label, median_us=1e6 * statistics.median(samples)) for label, samples in times.items()]
+
+
+def grid_barriers(batch: int, hidden: int, device: torch.device) -> tuple[str, Callable[[int], float]]:
+    """A row's label, and a timer of one launch of ``rbn.kernels.common.barriers_only`` with
+    the programs that the kernels launch on this shape: called with a count, it returns the
+    seconds that many grid barriers took. The kernels meet one a step (BN-LSTM) or three
+    (LN-LSTM), each way."""
+    from rbn.kernels import common  # imports Triton
+
+    tiles = common.tiling(batch, hidden, common.multiprocessors(device))
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def run(count: int) -> float:
+        counter.zero_()
+        synchronize(device)
+        start = time.perf_counter()
+        common.barriers_only[(tiles.programs,)](counter, count, **tiles.launch)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    return f"one grid barrier, {tiles.programs} program{'s' * (tiles.programs > 1)}", run
 
 
 LOADERS = {  # name: training batch size of the paper's preset
@@ -386,7 +414,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: off")
     parser.add_argument("--no-loaders", dest="loaders", action="store_false", help="skip timing the data loaders")
     parser.add_argument("--kernels", action="store_true",
-                        help="also time one timestep's kernels alone against nn.LSTM's time per timestep")
+                        help="also time one timestep's kernels alone against nn.LSTM's time per timestep, and, where the "
+                             "Triton kernels run, one of their grid barriers alone")
     parser.add_argument("--profile", action="store_true",
                         help=f"also profile one forward+backward of each row: its {PROFILE_TOP} kernels with the most "
                              "self device time (on CPU, operators by self CPU time), with calls and total time")

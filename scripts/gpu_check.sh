@@ -4,9 +4,10 @@
 # against cuDNN with and without CUDA graphs, and the trainer's steps per second with BN-LSTM.
 # The parts run in order of what a short loan of a GPU must bring back first: the tests (the
 # kernels become `auto`'s choice only once they pass), the issue's target shapes (with each
-# row's top kernels, where the time goes should a target be missed), the seqmnist
-# preset's speed, then the other shapes and PTB-char's model (on the embedded corpus, so that no
-# download is needed: the speed depends on the shapes, not on the text).
+# row's top kernels and one grid barrier's time alone: where the time goes should a target be
+# missed), the seqmnist preset's speed, then the other shapes and PTB-char's model (on the
+# embedded corpus, so that no download is needed: the speed depends on the shapes, not on the
+# text).
 #
 #   bash scripts/gpu_check.sh [OUTDIR]                       # default OUTDIR: gpu-check
 #   SECONDS_LEFT=540 bash scripts/gpu_check.sh "$OUT"        # a machine lent for 9 minutes
@@ -51,7 +52,7 @@ mkdir -p "$out"
 hang_limit=$("$python" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120 --timeout-method=thread")
 part tests "$python" -m pytest -k "cuda or kernels or triton" -n 8 -v --durations=15 $hang_limit
 part bench_targets "$python" scripts/bench.py --shapes seqmnist100 ptb_char --cuda-graphs --no-compile --no-loaders \
-    --profile --json "$out/bench_targets.json"
+    --profile --kernels --json "$out/bench_targets.json"
 part speed_seqmnist "$python" scripts/train_speed.py --json "$out/speed_seqmnist.json" experiment=seqmnist model=bnlstm
 part bench_other_shapes "$python" scripts/bench.py --shapes seqmnist text8 --cuda-graphs --no-compile --no-loaders \
     --json "$out/bench_other_shapes.json"

@@ -44,6 +44,14 @@ def grid_barrier(counter, arrivals):
 
 
 @triton.jit
+def barriers_only(counter, count):
+    """Meets ``count`` grid barriers and does nothing else: what a barrier costs the kernels'
+    steps, apart from their work (``scripts/bench.py --kernels``)."""
+    for k in range(count):
+        grid_barrier(counter, (k + 1) * tl.num_programs(0))
+
+
+@triton.jit
 def load_tile(base, rows, cols, row_stride, mask):
     """A (rows, cols) tile of a row-major matrix. ``.cg`` reads through L2 only: other
     programs write these tensors during the launch, and L1 is not coherent across SMs."""
