@@ -94,7 +94,8 @@ class Cell:
     # memory that glibc maps afresh at every call and the kernel faults in page by page, and
     # the whole-sequence input term of a normalized cell makes several of them per forward and
     # backward: more than its larger kernels save (docs/speed.md). CUDA's caching allocator
-    # keeps its blocks, and there each per-step kernel is one more launch.
+    # keeps its blocks, and there each per-step kernel is one more launch. A cell that sets it
+    # computes its input term from x_t in ``__call__`` when ``input_per_step``.
     per_step_input_devices: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
@@ -225,9 +226,10 @@ class BNLSTMCell(Cell):
         for norm in (self.bn_x, self.bn_h, self.bn_c):
             if norm.training:  # only steps in training fill its rows
                 norm.start_sequence()
-        if self.inputs_per_step(x):
+        inputs = super().step_inputs(x, batch_sizes)
+        if self.input_per_step:  # else bn_x's forward, over the whole sequence, checked it
             self.bn_x.check_batch(x.shape[1])
-        return super().step_inputs(x, batch_sizes)
+        return inputs
 
     def __call__(self, x_t: Tensor, state: State, t: int, probe_t: Tensor | None) -> State:
         h, c = state

@@ -263,7 +263,8 @@ def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds
     """One timestep's kernels on the shape, each timed alone, forward + backward, against
     nn.LSTM's time per timestep: what any loop over time pays before its Python overhead.
     Each row includes a fixed cost of the timing itself (an autograd.grad call), which the
-    row of a one-element addition measures."""
+    row of a one-element addition measures; but the row of one grid barrier, one launch of
+    ``steps`` barriers divided by their number, where the Triton kernels run."""
     batch, steps, input_size, hidden = dims
     torch.manual_seed(0)
 
@@ -278,7 +279,7 @@ def bench_kernels(name: str, dims: tuple[int, ...], device: torch.device, rounds
 
     one = leaf(1)
     kernels = {
-        "x + 1 (the timing's own cost)": (lambda: one + 1, (one,)),  # in every row: subtract it
+        "x + 1 (the timing's own cost)": (lambda: one + 1, (one,)),  # in every row but the barrier's: subtract it
         # The layers take W_h's gradient in one GEMM after the loop: per step, only h's.
         "W_h h (GEMM), d/dh": (lambda: h @ weight.t(), (h,)),
         "gate math": (lambda: gate_math(gates, c), (gates, c)),

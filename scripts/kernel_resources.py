@@ -70,14 +70,14 @@ def resources(kernel, constants: dict, tiles: Tiling, arch: int, sizes: dict[str
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        usage = next(line for line in _tool("cuobjdump", "-res-usage", cubin.name).splitlines() if "REG:" in line)
-        step = loop_over_time(_tool("nvdisasm", "--print-code", cubin.name))
+        usage = next(line for line in cuda_tool("cuobjdump", "-res-usage", cubin.name).splitlines() if "REG:" in line)
+        step = loop_over_time(cuda_tool("nvdisasm", "--print-code", cubin.name))
     fields = dict(field.split(":") for field in usage.split() if ":" in field)
     return (f"{fields['REG']:>4} | {fields['STACK']:>5} | {compiled.metadata.shared:>6} | {step.instructions:>5} | "
             f"{step.spill_stores:>6} | {step.spill_loads:>5}")
 
 
-def _tool(name: str, *args: str) -> str:
+def cuda_tool(name: str, *args: str) -> str:
     """The output of one of the CUDA tools that Triton ships."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     return subprocess.run([str(tool), *args], capture_output=True, text=True, check=True).stdout

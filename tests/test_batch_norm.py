@@ -8,7 +8,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 import rbn
-from conftest import make
+from conftest import make, normalize_input_per_step_on
 
 
 def test_every_gain_starts_at_one_tenth_and_every_shift_at_zero():
@@ -91,22 +91,32 @@ def test_on_cpu_the_loop_normalizes_the_input_term_step_by_step(monkeypatch):
     assert [t for norm, t in steps if norm is model.bn_x_l0] == list(range(6))
 
 
-def test_on_cpu_the_ln_lstm_normalizes_its_input_term_step_by_step(monkeypatch):
+def input_layer_norm_shapes(model: rbn.LNLSTM) -> list[tuple[int, ...]]:
+    """The shapes that an LN-LSTM's LayerNorm of W_x x normalizes, recorded as it runs."""
+    shapes = []
+    model.ln_x_l0.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    return shapes
+
+
+def test_on_cpu_the_ln_lstm_normalizes_its_input_term_step_by_step():
     """As BN-LSTM does, for the same reason (rbn.cells.Cell.per_step_input_devices): the
     LayerNorm of W_x x sees one step's (B, 4H) at a time, not the sequence's (T, B, 4H)."""
     model = make("LNLSTM")
-    shapes = []
-    model.ln_x_l0.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    shapes = input_layer_norm_shapes(model)
     model(torch.randn(6, 5, 3))
     assert shapes == [(5, 4 * model.hidden_size)] * 6
 
 
 def test_off_the_per_step_devices_the_input_term_is_normalized_for_the_whole_sequence(monkeypatch):
-    monkeypatch.setattr(rbn.cells.BNLSTMCell, "per_step_input_devices", ())
+    normalize_input_per_step_on(monkeypatch, ())
     model = make("BNLSTM")
     whole = sequence_normalizations(monkeypatch)
     model(torch.randn(6, 5, 3))
     assert any(norm is model.bn_x_l0 for norm in whole)
+    ln_model = make("LNLSTM")
+    shapes = input_layer_norm_shapes(ln_model)
+    ln_model(torch.randn(6, 5, 3))
+    assert shapes == [(6, 5, 4 * ln_model.hidden_size)]
 
 
 def test_update_bn_computes_the_average_of_per_timestep_batch_statistics():
