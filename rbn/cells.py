@@ -57,13 +57,19 @@ class _RecurrentWeightGradient(torch.autograd.Function):
     then d(W_h h_{t-1}) for every t, and W_h's gradient, sum_t d_t^T h_{t-1}, one GEMM over
     all T*B rows instead of T thin ones that each write and accumulate a (4H, H) gradient.
     Its h_{t-1} are detached and the steps' W_h too: second derivatives through them are
-    refused (``Cell.keep_hidden``)."""
+    refused (``Cell.keep_hidden``), under torch.func's transforms as well (whose grad builds a
+    graph in backward): with ``setup_context`` they reach that refusal, which names the way
+    out, rather than refusing the Function in a message of their own."""
 
     @staticmethod
-    def forward(ctx, probe: Tensor, weight_hh: Tensor, hidden: list[Tensor]) -> Tensor:
+    def forward(probe: Tensor, weight_hh: Tensor, hidden: list[Tensor]) -> Tensor:
+        return probe.view_as(probe)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, list[Tensor]], output: Tensor) -> None:
+        _, weight_hh, hidden = inputs
         ctx.hidden = hidden  # h_{t-1} of every step, filled by ``keep_hidden`` after the loop
         ctx.weight_dtype = weight_hh.dtype
-        return probe.view_as(probe)
 
     @staticmethod
     def backward(ctx, d_probe: Tensor):

@@ -103,6 +103,25 @@ def test_a_second_derivative_through_the_deferred_recurrent_weight_gradient_is_r
     )
 
 
+def test_torch_func_grad_over_the_deferred_recurrent_weight_gradient_is_refused_in_one_line_naming_the_way_out(monkeypatch):
+    """torch.func.grad builds a graph in its backward, as create_graph=True does."""
+    defer_weight_gradient_from(monkeypatch, 4)
+    model = make("LNLSTM", hidden_size=4, backend="eager")
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    x = torch.randn(3, 2, 3)
+
+    def loss(params):
+        return torch.func.functional_call(model, params, (x,))[0].square().sum()
+
+    with pytest.raises(RuntimeError, match=r"^W_h's gradient as one GEMM .* set it to math.inf"):
+        torch.func.grad(loss)(params)
+    defer_weight_gradient_from(monkeypatch, math.inf)
+    model.zero_grad()
+    loss(dict(model.named_parameters())).backward()
+    for name, gradient in torch.func.grad(loss)(params).items():
+        torch.testing.assert_close(gradient, model.get_parameter(name).grad, msg=name)
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("layer_name", ["BNLSTM", "LNLSTM"])
 def test_gradients_are_exact_either_way_of_normalizing_the_input_term(input_normalization, layer_name, mode):
