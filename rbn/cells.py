@@ -151,13 +151,13 @@ class Cell:
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
         """x_t of every step of the eager loop: the input term, unbound along time, or, on
         ``per_step_input_devices``, x_t itself, which the step multiplies and normalizes."""
-        self.input_per_step = self.inputs_per_step(x)
+        self.input_per_step = self.per_step_input_for(x)
         if not self.input_per_step:
             return self.input_term(x, batch_sizes).unbind(0)
         self.zero_probes(x.new_zeros(()).expand(*x.shape[:2], len(self.weight_ih)))
         return x.unbind(0)
 
-    def inputs_per_step(self, x: Tensor) -> bool:
+    def per_step_input_for(self, x: Tensor) -> bool:
         return x.device.type in self.per_step_input_devices
 
     def zero_probes(self, like: Tensor) -> None:
@@ -224,9 +224,9 @@ class BNLSTMCell(Cell):
         self.zero_probes(wx)
         return self.bn_x(wx, batch_sizes, shift=self.bias, first_step=self.first_step)
 
-    def inputs_per_step(self, x: Tensor) -> bool:
+    def per_step_input_for(self, x: Tensor) -> bool:
         # Statistics shared over time need the whole sequence.
-        return super().inputs_per_step(x) and not self.bn_x.shared
+        return super().per_step_input_for(x) and not self.bn_x.shared
 
     def step_inputs(self, x: Tensor, batch_sizes: list[int]) -> tuple[Tensor, ...]:
         for norm in (self.bn_x, self.bn_h, self.bn_c):
