@@ -24,8 +24,8 @@ log = logging.getLogger("train")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the test metric that selects models (accuracy or bits per character), for
-    sweepers that optimize it."""
+    """Returns the validation metric that selects models (accuracy or bits per character), for
+    sweepers that optimize it: never the test's, which choosing hyperparameters by would leak."""
     hydra_config = HydraConfig.get()
     sweep = hydra_config.mode == RunMode.MULTIRUN
     try:
@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> float | None:
         if not sweep:
             sys.exit(f"error: {results['error']}")  # so that `train.py ... && next` stops here
         return None
-    return results["test"][SELECTION[trainer.task][0]]
+    return results["valid"][SELECTION[trainer.task][0]]
 
 
 NAMING = "hydra.job.config.override_dirname.exclude_keys"

@@ -11,19 +11,23 @@ import time
 import pytest
 import torch
 from conftest import NEEDS_KERNELS
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
 from submitit.core.utils import DelayedSubmission, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, LocalJobEnvironment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 from trainer_helpers import (
+    CONF,
     GRADIENT_FLOW,
     TINY,
     TINY_TEXT,
     compose_config,
     diverged_run,
     interrupt_at,
+    load_script,
     stopped_run,
     tiny_text,
 )
@@ -840,6 +844,23 @@ def test_final_results_report_batch_and_population_statistics(tmp_path):
         assert 0 <= results[key]["accuracy"] <= 1
     assert results["valid_batch_statistics"] != results["valid"]
     assert results["run"] == {"experiment": None, "model": "bnlstm", "data": "seqmnist", "optim": "rmsprop", "seed": 0, "overrides": []}
+
+
+def test_train_py_gives_a_sweeper_the_validation_metric_never_the_tests(tmp_path, monkeypatch):
+    """What an optimizing sweeper (Optuna's, Nevergrad's) minimizes or maximizes: choosing
+    hyperparameters by the test split would leak it into them."""
+    train = load_script("train", CONF.parent)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=pmnist", *TINY], return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored afterwards: Hydra's is a singleton
+    with open_dict(cfg):  # as Hydra hands a job its config
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        del cfg["hydra"]
+    returned = train.main(cfg)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["valid"]["accuracy"] != results["test"]["accuracy"]
+    assert returned == results["valid"]["accuracy"]
 
 
 @pytest.mark.parametrize("overrides", [TINY, ["experiment=pmnist", *TINY], TINY_TEXT], ids=["seqmnist", "pmnist", "text"])

@@ -100,9 +100,9 @@ def as_if_trained_on_a_gpu(path: Path) -> None:
     torch.save(checkpoint, path)
 
 
-def load_script(name: str):
-    """scripts/<name>.py, imported afresh in this process."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+def load_script(name: str, directory: Path = SCRIPTS):
+    """<directory>/<name>.py, scripts/ unless told, imported afresh in this process."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
