@@ -110,14 +110,16 @@ class CharCorpus:
         data = self.splits[split]
         length = self.segment_length
         if generator is not None:
+            # Refused at the largest of the epochs' random offsets, or the epoch that drew it
+            # would stop the run at its first step rather than the check before training.
+            if (len(data) - length) // (batch_size * length) == 0:
+                raise ValueError(
+                    f"the {split} split ({len(data)} characters) is too short for "
+                    f"batches of {batch_size} x {length}"
+                )
             offset = int(torch.randint(length, (1,), generator=generator))
             data = data[offset:]
             steps = (len(data) - 1) // (batch_size * length) * length
-            if steps == 0:
-                raise ValueError(
-                    f"the {split} split ({len(self.splits[split])} characters) is too short for "
-                    f"batches of {batch_size} x {length}"
-                )
             if self.segments == "independent":
                 yield from self._shuffled_segments(data, batch_size, generator)
                 return

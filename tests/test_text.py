@@ -172,6 +172,16 @@ def test_a_split_too_short_for_one_training_batch_is_refused():
         next(corpus(n=100).batches("train", 64, torch.Generator()))
 
 
+@pytest.mark.parametrize("segments", text.SEGMENTS)
+def test_a_split_that_only_some_offsets_fill_is_refused_at_every_offset(segments):
+    """Each epoch starts at its own random offset below the segment length: a split refused at
+    some would stop a run at that epoch's first step rather than at the check before training."""
+    short = corpus(n=4 * 7 + 3, segments=segments)  # fills a batch of 4 x 7 from offsets 0-2 only
+    for seed in range(20):
+        with pytest.raises(ValueError, match="too short for batches of 4 x 7"):
+            next(short.batches("train", 4, torch.Generator().manual_seed(seed)))
+
+
 def test_bits_per_character_of_a_uniform_guess_over_two_symbols_is_one():
     assert text.bits_per_character(torch.log(torch.tensor(2.0)).item()) == pytest.approx(1.0)
 
