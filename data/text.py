@@ -112,7 +112,7 @@ class CharCorpus:
         if generator is not None:
             # Refused at the largest of the epochs' random offsets, or the epoch that drew it
             # would stop the run at its first step rather than the check before training.
-            if (len(data) - length) // (batch_size * length) == 0:
+            if (len(data) - length) // (batch_size * length) < 1:
                 raise ValueError(
                     f"the {split} split ({len(data)} characters) is too short for "
                     f"batches of {batch_size} x {length}"

@@ -167,9 +167,10 @@ def test_a_stream_that_has_ended_still_runs_one_step_of_padding_in_the_last_batc
     assert text.padded_lengths(targets).tolist() == [1, 1, 1, 1]
 
 
-def test_a_split_too_short_for_one_training_batch_is_refused():
+@pytest.mark.parametrize("n", [100, 3], ids=["shorter than a batch", "shorter than a segment"])
+def test_a_split_too_short_for_one_training_batch_is_refused(n):
     with pytest.raises(ValueError, match="too short for batches of 64 x 7"):
-        next(corpus(n=100).batches("train", 64, torch.Generator()))
+        next(corpus(n=n).batches("train", 64, torch.Generator()))
 
 
 @pytest.mark.parametrize("segments", text.SEGMENTS)
