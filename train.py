@@ -55,7 +55,7 @@ def name_sweep_runs_by_what_varies(argv: list[str]) -> list[str]:
     are not named by (NAMING in conf/config.yaml); a key of that list that the sweep varies
     leaves it, or its jobs would share one directory. A run's name stays a function of the
     command, so re-running a sweep into the same ``hydra.sweep.dir`` resumes its runs."""
-    if not {"-m", "--multirun"} & set(argv) or any(arg.startswith(NAMING) for arg in argv):
+    if not {"-m", "--multirun"} & set(argv) or any(arg.lstrip("+").startswith(NAMING) for arg in argv):
         return argv
     try:
         overrides = OverridesParser.create().parse_overrides(

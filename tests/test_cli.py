@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from trainer_helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -120,6 +121,13 @@ def test_a_sweep_over_a_key_that_runs_are_not_named_by_still_separates_its_runs(
 def test_a_sweep_of_one_job_is_the_default_run(tmp_path):
     run("train.py", "-m", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert [p.parent.name for p in (tmp_path / "sweep").glob("*/results.json")] == ["default"]
+
+
+@pytest.mark.parametrize("prefix", ["", "++"])
+def test_a_sweep_that_sets_which_keys_name_its_runs_is_left_as_it_says(prefix):
+    train = load_script("train", ROOT)
+    argv = ["train.py", "-m", "seed=0,1", f"{prefix}{train.NAMING}=[seed]"]
+    assert train.name_sweep_runs_by_what_varies(argv) == argv
 
 
 def test_compare_refuses_a_directory_without_runs(tmp_path):
