@@ -316,7 +316,7 @@ class _Interval:
     the interval's steps per second leave out)."""
 
     metrics: Metrics
-    first_step: int
+    start_step: int  # the step it began after: the last log line's
     grad_norm_sum: float = 0.0
     validation_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter)
@@ -420,7 +420,7 @@ class Trainer:
         SIGTERM stops after the current step: last.pt is saved and the process exits with
         128 + the signal's number (130, 143). Under submitit, its preemption signal stops the
         same way, and then goes to submitit's handler, which requeues the job."""
-        bar = self._progress_bar()
+        bar = self._start_training_log()
         with bar, logging_redirect_tqdm(), self._stop_on_signals():
             try:
                 self._train_epochs(bar)
@@ -449,7 +449,8 @@ class Trainer:
                     break
             else:
                 self._next_epoch()
-                # A step limit at an epoch's end validated there already, if a run trains on past it.
+                # Not again where an attempt validated this step before it stopped there (by an
+                # eval_interval since dropped, or at a step limit before 810d090).
                 if trainer.eval_interval is None and progress.validated_step != progress.step:
                     self._validate_timed()
                     self._stop_if_requested()
@@ -468,8 +469,8 @@ class Trainer:
         training throughput, and its ETA adds the validations still to come at this one's time."""
         started = time.perf_counter()
         metrics = self.validate()
-        self._validation_seconds = time.perf_counter() - started
-        self._interval.validation_seconds += self._validation_seconds
+        self._last_validation_seconds = time.perf_counter() - started
+        self._interval.validation_seconds += self._last_validation_seconds
         return metrics
 
     def _trains_further(self) -> bool:
@@ -676,7 +677,7 @@ class Trainer:
     def _sample(self) -> str:
         """A continuation of the validation text's first characters, sampled from the model."""
         length = self.cfg.trainer.sample_length
-        prompt = self.dataset.splits["valid"][: min(length // 4 + 1, length)].long().to(self.device)
+        prompt = self.dataset.splits["valid"][: length // 4 + 1].long().to(self.device)
         generator = torch.Generator().manual_seed(self.cfg.seed)
         with self._autocast():
             try:
@@ -688,11 +689,13 @@ class Trainer:
 
     # --- logging -------------------------------------------------------------------------
 
-    def _progress_bar(self) -> tqdm:
+    def _start_training_log(self) -> tqdm:
+        """Starts the attempt's log of training (the schedule its ETA counts down, the first
+        interval's sums), which ``_log_train`` then writes; returns the progress bar it updates."""
         batches = epoch_length(self.dataset, self.cfg.trainer.batch_size)
         self._total_steps, self._validation_every = schedule(self.cfg.trainer, batches)
         self._interval = _Interval(Metrics(self.task), self.progress.step)
-        self._validation_seconds = 0.0  # the last validation's, once this attempt has made one
+        self._last_validation_seconds = 0.0  # once this attempt has made one
         show = self.cfg.trainer.progress_bar and sys.stderr.isatty()
         return tqdm(total=self._total_steps, initial=self.progress.step, unit="step", dynamic_ncols=True, disable=not show)
 
@@ -705,7 +708,7 @@ class Trainer:
         bar.update(1)
         if step % self.cfg.trainer.log_interval:
             return
-        steps = step - interval.first_step
+        steps = step - interval.start_step
         steps_per_second = steps / (time.perf_counter() - interval.started - interval.validation_seconds)
         summary = interval.metrics.summary()
         scalars = {
@@ -719,7 +722,7 @@ class Trainer:
         bar.set_postfix(summary, refresh=False)
         if bar.disable:
             remaining = (max(self._total_steps - step, 0) / steps_per_second
-                         + validations(step, self._total_steps, self._validation_every) * self._validation_seconds)
+                         + validations(step, self._total_steps, self._validation_every) * self._last_validation_seconds)
             log.info(
                 "step %d/%d epoch %d train %s | %.2f steps/s | ETA %s",
                 step, self._total_steps, self.progress.epoch + 1, _format(summary), steps_per_second,
@@ -978,14 +981,14 @@ def epoch_length(dataset, batch_size: int) -> int:
     return max((len(dataset) - 1) // (batch_size * dataset.segment_length), 1)
 
 
-def schedule(trainer, epoch_length: int) -> tuple[int, int]:
-    """(the last step, the validation interval) of a run under ``trainer``, the trainer config:
-    max_epochs of ``epoch_length`` steps unless max_steps is fewer; validations every
-    eval_interval steps, or at each epoch's end."""
-    steps = trainer.max_epochs * epoch_length
-    if trainer.max_steps is not None:
-        steps = min(steps, trainer.max_steps)
-    return steps, trainer.eval_interval or epoch_length
+def schedule(trainer_cfg, batches_per_epoch: int) -> tuple[int, int]:
+    """(the last step, the validation interval) of a run under ``trainer_cfg``: max_epochs of
+    ``batches_per_epoch`` steps unless max_steps is fewer; validations every eval_interval
+    steps, or at each epoch's end."""
+    steps = trainer_cfg.max_epochs * batches_per_epoch
+    if trainer_cfg.max_steps is not None:
+        steps = min(steps, trainer_cfg.max_steps)
+    return steps, trainer_cfg.eval_interval or batches_per_epoch
 
 
 def validations(first: int, last: int, every: int) -> int:

@@ -51,7 +51,7 @@ def replay(trainer: Trainer, steps: int, validate_every: int | None) -> Iterator
     parameters = list(trainer.model.parameters())
     recurrent = {name.rpartition(".")[2]: p for name, p in trainer.model.named_parameters() if "weight_hh" in name}
     last = trainer.progress.step + steps
-    with trainer._progress_bar() as bar:
+    with trainer._start_training_log() as bar:
         while trainer.progress.step < last:
             for inputs, targets in trainer._remaining_batches():
                 before = torch.cat([p.detach().flatten() for p in parameters])
