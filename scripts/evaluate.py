@@ -10,7 +10,8 @@ the training set, and validation and test with them; for the other layers, valid
 The numbers are those results.json would hold if the run ended now, which the training log's
 validation (batch statistics for BN-LSTM) does not show. RUN_DIR is only read: the evaluation
 runs in a temporary directory, so a run still training is not disturbed. ``--json`` writes
-what results.json would be.
+what results.json would be (less the experiment and overrides that only Hydra knows), outside
+RUN_DIR: a results.json there would mark the run finished.
 """
 
 from __future__ import annotations
@@ -34,16 +35,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.device is not None:
         arguments.device(parser, args.device)
-    best = args.run_dir / "best.pt"
-    if not best.is_file() and (args.run_dir / "last.pt").is_file():
+    if args.json is not None and args.run_dir.resolve() in args.json.resolve().parents:
+        parser.error(f"--json {args.json} is inside {args.run_dir}, which this script only reads")
+    best, last = args.run_dir / "best.pt", args.run_dir / "last.pt"
+    if not best.is_file() and last.is_file():
         parser.error(f"{best} does not exist: {args.run_dir} has not validated yet")
     checkpoint = arguments.checkpoint(parser, best, CHECKPOINT_KEYS)
+    # Read before the evaluation, which an unreadable last.pt would otherwise throw away.
+    trained = arguments.checkpoint(parser, last, {"progress"})["progress"]["step"] if last.is_file() else None
     with tempfile.TemporaryDirectory() as scratch:
         trainer = arguments.rebuilt_trainer(parser, best, checkpoint, Path(scratch), best, args.device)
         with trainer.writer:  # closed before its directory goes
             results = trainer.final_evaluation()
-    last = args.run_dir / "last.pt"
-    trained = arguments.checkpoint(parser, last, {"progress"})["progress"]["step"] if last.is_file() else results["step"]
+    trained = results["step"] if trained is None else trained
     print(f"{args.run_dir}: best.pt of step {results['step']} (trained to step {trained}), the paper's test procedure\n")
     rows = {"valid": results["valid"], "test": results["test"]}
     if trainer.has_batch_norm():
