@@ -2,7 +2,7 @@
 argparse types; with ``device``, ``distinct_names`` and ``checkpoint``, each refuses a bad value
 in argparse's one line before the script does any work, not after minutes of it.
 ``rebuilt_trainer`` is a run's trainer in a scratch directory, for the scripts that take a run
-further without touching it."""
+further without touching it; ``computed_here`` sets a run's config to compute on this machine."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 
 from data import DataError
 from rbn.config import Backend, ConfigError, from_dict
@@ -83,6 +84,15 @@ def checkpoint(parser: argparse.ArgumentParser, path: Path, keys: set[str]) -> d
         parser.error(str(error))
 
 
+def computed_here(cfg: DictConfig, device: torch.device) -> None:
+    """A run's config, set to compute on ``device``: off a CUDA device, without CUDA graphs
+    and the Triton kernels, which compute what the eager loop does."""
+    if device.type != "cuda":
+        cfg.trainer.cuda_graphs = False
+        if Backend(cfg.model.backend) == Backend.triton:
+            cfg.model.backend = Backend.auto.value
+
+
 def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dict[str, Any], scratch: Path,
                     best: Path | None = None, device: str | None = None) -> Trainer:
     """The trainer of the run that wrote ``checkpoint`` (read from ``path``), rebuilt from its
@@ -102,10 +112,7 @@ def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dic
         except ConfigError:
             parser.error(f"the run of {path} ran on trainer.device={cfg.trainer.device}, which is not here: "
                          "--device cpu (or another) runs it here")
-        if here.type != "cuda":
-            cfg.trainer.cuda_graphs = False
-            if cfg.model.backend == Backend.triton:
-                cfg.model.backend = Backend.auto
+        computed_here(cfg, here)
         return Trainer(cfg, scratch)
     except (ConfigError, DataError, RunError) as error:
         parser.error(f"cannot rebuild the run of {path}: {error}")

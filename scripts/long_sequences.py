@@ -57,11 +57,12 @@ class UnreadableRun(Exception):
     """A run directory this script cannot evaluate; the message is one line."""
 
 
-def load_run(run_dir: Path, longest: int) -> tuple[Path, DictConfig, data.CharCorpus, torch.nn.Module]:
+def load_run(run_dir: Path, longest: int, device: torch.device) -> tuple[Path, DictConfig, data.CharCorpus, torch.nn.Module]:
     """The run's config, its corpus (cut at the training length) and its model with final.pt's
     parameters, built now so that a run that cannot be evaluated is refused before any is measured."""
     final = read_final(run_dir)
     cfg = OmegaConf.create(final["config"])
+    arguments.computed_here(cfg, device)
     try:
         corpus = build_dataset(cfg)
     except data.DataError as error:
@@ -178,7 +179,7 @@ def main() -> None:
     lengths = sorted(set(args.lengths))
     device = arguments.device(parser, args.device)
     try:
-        runs = [load_run(run_dir, lengths[-1]) for run_dir in args.run_dirs]
+        runs = [load_run(run_dir, lengths[-1], device) for run_dir in args.run_dirs]
     except (ConfigError, RunError, UnreadableRun) as error:
         parser.error(str(error))
     arguments.output_directory(parser, args.out)

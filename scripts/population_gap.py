@@ -61,6 +61,7 @@ def main() -> None:
     cfg = OmegaConf.create(checkpoint["config"])
     # Eight combinations of BN modes would each recompile a compiled step, past dynamo's limit.
     cfg.model.compile = False
+    arguments.computed_here(cfg, torch.device("cpu"))
     try:
         dataset = build_dataset(cfg, checkpoint["permutation"])
     except DataError as error:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error, tiny_mnist, tiny_text
+from trainer_helpers import (
+    TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error, tiny_mnist, tiny_text,
+)
 
 import data
 import rbn.trainer
@@ -151,6 +153,17 @@ def test_writes_the_printed_table_and_a_figure(trainers, tmp_path, monkeypatch, 
     assert "\n".join(lines).startswith(written.rstrip("\n"))
     figure = (tmp_path / "long_sequences.png").read_bytes()
     assert figure.startswith(b"\x89PNG") and len(figure) < 150_000
+
+
+def test_a_run_trained_with_the_kernels_on_a_gpu_is_measured_with_the_eager_loop_here(trainers, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "bnlstm"
+    run_dir.mkdir()
+    (run_dir / "final.pt").write_bytes((trainers["bnlstm"].run_dir / "final.pt").read_bytes())
+    as_if_trained_on_a_gpu(run_dir / "final.pt")
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)  # as outside the tests: no kernels on a CPU
+    rows = table_rows(long_sequences(monkeypatch, capsys, run_dir, "--lengths", TRAINING_LENGTH, "--device", "cpu"))
+    expected = table_rows(long_sequences(monkeypatch, capsys, trainers["bnlstm"].run_dir, "--lengths", TRAINING_LENGTH))
+    assert rows == expected
 
 
 def write_final(run_dir: Path, *overrides: str) -> Path:

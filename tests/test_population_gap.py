@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
-from trainer_helpers import TINY, TINY_TEXT, compose_config, load_script, run_script, script_error
+from trainer_helpers import TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error
 
 import data
+import rbn
 from rbn.config import to_dict
 from rbn.trainer import Trainer, build_dataset, build_model
 
@@ -43,6 +44,14 @@ def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combina
     torch.save(best, tmp_path / "best.pt")
     run_script(monkeypatch, load_script("population_gap"), str(tmp_path), "--batches", "1", "--estimate-batches", "1")
     assert "recompile" not in capfd.readouterr().err
+
+
+def test_a_run_trained_with_the_kernels_on_a_gpu_is_analysed_with_the_eager_loop_here(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).run()
+    expected = population_gap(monkeypatch, capsys, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    as_if_trained_on_a_gpu(tmp_path / "best.pt")
+    monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)  # as outside the tests: no kernels on a CPU
+    assert population_gap(monkeypatch, capsys, str(tmp_path), "--batches", "1", "--estimate-batches", "1") == expected
 
 
 def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monkeypatch, capsys):
