@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--png", type=arguments.figure_file, default="gradient_flow.png", help="or .pdf, .svg, ...")
     parser.add_argument("--csv", type=arguments.output_file, default="gradient_flow.csv")
     args = parser.parse_args()
+    if args.png.resolve() == args.csv.resolve():
+        parser.error(f"--png and --csv are the same file, {args.csv}: the figure would replace the numbers")
     device = arguments.device(parser, args.device)
 
     steps = (28 // args.pool) ** 2

@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=arguments.positive, help="images per validation batch (default: the run's)")
     parser.add_argument("--estimate-batches", type=arguments.positive, default=20, help="training batches for update_bn")
     args = parser.parse_args()
+    if args.batch_size == 1:
+        parser.error("--batch-size must be at least 2: the rows with batch statistics normalize over the batch")
     path = args.run_dir / "best.pt"
     checkpoint = arguments.checkpoint(parser, path, READS)
     cfg = OmegaConf.create(checkpoint["config"])

@@ -207,6 +207,7 @@ def test_a_curve_is_the_mean_over_seeds_and_batches_of_fresh_models_in_training_
         (["--png", "missing/f.png"], "missing is not a directory"),
         (["--png", "f.txt"], "cannot write a figure as .txt: matplotlib writes avif, eps,"),
         (["--csv", "."], "cannot write .: it is a directory"),
+        (["--png", "both", "--csv", "both.png"], "--png and --csv are the same file, both.png"),
     ],
 )
 @pytest.mark.usefixtures("tiny_data")

@@ -65,6 +65,10 @@ def one_line_error(monkeypatch, capsys, *args: str) -> str:
     return script_error(lambda: population_gap(monkeypatch, capsys, *args), capsys, "population_gap.py")
 
 
+def test_a_batch_of_one_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    assert "--batch-size must be at least 2" in one_line_error(monkeypatch, capsys, str(tmp_path), "--batch-size", "1")
+
+
 @pytest.mark.parametrize(
     "write, message",
     [
