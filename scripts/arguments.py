@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from data import DataError
 from rbn.config import Backend, ConfigError, from_dict
-from rbn.trainer import RunError, Trainer, read_checkpoint, resolve_device
+from rbn.trainer import CHECKPOINT_KEYS, RunError, Trainer, read_checkpoint, resolve_device
 
 
 def positive(text: str) -> int:
@@ -93,18 +93,20 @@ def computed_here(cfg: DictConfig, device: torch.device) -> None:
             cfg.model.backend = Backend.auto.value
 
 
-def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, checkpoint: dict[str, Any], scratch: Path,
+def rebuilt_trainer(parser: argparse.ArgumentParser, path: Path, saved: dict[str, Any], scratch: Path,
                     best: Path | None = None, device: str | None = None) -> Trainer:
-    """The trainer of the run that wrote ``checkpoint`` (read from ``path``), rebuilt from its
+    """The trainer of the run that wrote ``saved``, the checkpoint read from ``path``, rebuilt from its
     config (whatever conf/ says now) and resuming from a copy of it in ``scratch``, with a copy
     of ``best`` as its best.pt: the run's own directory is only read. ``device`` (``--device``)
     replaces the run's ``trainer.device``; CUDA graphs and the Triton kernels stay on only on a
     CUDA device (elsewhere the layer computes the same in its eager loop)."""
     shutil.copyfile(path, scratch / "last.pt")
     if best is not None and best.is_file():
+        if best != path:  # named where it is: the trainer would name the scratch copy
+            checkpoint(parser, best, CHECKPOINT_KEYS)
         shutil.copyfile(best, scratch / "best.pt")
     try:
-        cfg = from_dict(checkpoint["config"])
+        cfg = from_dict(saved["config"])
         cfg.trainer.progress_bar = False  # the scripts print their own lines
         cfg.trainer.device = device or cfg.trainer.device
         try:

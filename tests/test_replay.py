@@ -117,6 +117,12 @@ def test_a_missing_checkpoint_is_a_one_line_error_naming_it(tmp_path, monkeypatc
     assert error.endswith(f"{tmp_path / 'best.pt'} does not exist")
 
 
+def test_an_unreadable_best_pt_beside_the_checkpoint_is_a_one_line_error_naming_it(run_at_step_2, monkeypatch, capsys):
+    _, copy = run_at_step_2
+    (copy / "best.pt").write_bytes((copy / "best.pt").read_bytes()[:2000])
+    assert one_line_error(monkeypatch, capsys, copy).endswith(f"{copy / 'best.pt'} is unreadable (RuntimeError)")
+
+
 def test_a_checkpoint_whose_config_this_version_cannot_rebuild_is_a_one_line_error(run_at_step_2, monkeypatch, capsys):
     _, copy = run_at_step_2
     checkpoint = torch.load(copy / "last.pt", weights_only=True)
