@@ -31,20 +31,23 @@ HYDRA_RECORDS = ("config.yaml", "overrides.yaml")
 
 
 def archive(run_dir: Path, dest: Path) -> None:
+    # The run's events are read first and the earlier archive's removed last: a failure on the
+    # way (an unreadable file) leaves no records lost.
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
     dest.mkdir(parents=True, exist_ok=True)
+    earlier = list(dest.glob("events.out.tfevents.*"))
     shutil.copyfile(run_dir / "results.json", dest / "results.json")
     for name in HYDRA_RECORDS:
         if (run_dir / ".hydra" / name).is_file():
             (dest / ".hydra").mkdir(exist_ok=True)
             shutil.copyfile(run_dir / ".hydra" / name, dest / ".hydra" / name)
-    for old in dest.glob("events.out.tfevents.*"):
-        old.unlink()
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
     with SummaryWriter(dest) as writer:
         for tag in events.Tags()["scalars"]:
             for event in events.Scalars(tag):
                 writer.add_scalar(tag, event.value, event.step, walltime=event.wall_time)
+    for old in earlier:
+        old.unlink()
 
 
 def main() -> None:
@@ -70,7 +73,10 @@ def main() -> None:
                          "archiving would replace; choose a DEST of records only")
     for run in runs:
         dest = args.dest / run["dir"].relative_to(args.root)
-        archive(run["dir"], dest)
+        try:
+            archive(run["dir"], dest)
+        except OSError as error:
+            parser.error(f"cannot archive {run['dir']} into {dest}: {error}")
         size = sum(path.stat().st_size for path in dest.rglob("*") if path.is_file())
         print(f"{run['dir']} -> {dest} ({size / 1e3:.0f} kB)")
 

@@ -87,6 +87,22 @@ def test_archiving_a_run_again_replaces_its_records(tmp_path, monkeypatch):
     assert scalars(kept) == scalars(tmp_path / "runs" / "run")
 
 
+def test_a_run_whose_events_cannot_be_read_is_a_one_line_error_that_keeps_its_earlier_records(tmp_path, monkeypatch, capsys):
+    finished_run(tmp_path / "runs" / "run")
+    archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    before = {path: path.read_bytes() for path in (tmp_path / "archive").rglob("*") if path.is_file()}
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "runs" / "run" / "events.out.tfevents.1"))
+
+    monkeypatch.setattr(EventAccumulator, "Reload", unreadable)
+    with pytest.raises(SystemExit) as stopped:
+        archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
+    assert stopped.value.code == 2
+    assert "cannot archive" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert {path: path.read_bytes() for path in (tmp_path / "archive").rglob("*") if path.is_file()} == before
+
+
 def test_a_root_that_is_not_a_directory_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stopped:
         archive_runs(monkeypatch, tmp_path / "missing", tmp_path / "archive")
