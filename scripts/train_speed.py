@@ -37,7 +37,7 @@ from hydra.errors import HydraException  # noqa: E402
 
 from data import DataError  # noqa: E402
 from rbn.config import ConfigError, check  # noqa: E402
-from rbn.trainer import Trainer, build_dataset, epoch_length, schedule, validations  # noqa: E402
+from rbn.trainer import Diverged, RunError, Trainer, build_dataset, epoch_length, schedule, validations  # noqa: E402
 from scripts import arguments  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -129,8 +129,9 @@ def main() -> None:
     for variant in args.variants:
         configs[variant] = timed_config([*args.overrides, *VARIANTS[variant]], args.steps, args.eval_batches)
         try:
-            check(configs[variant])
-        except ConfigError as error:
+            with tempfile.TemporaryDirectory(prefix="rbn-train-speed-") as scratch:
+                Trainer(configs[variant], scratch)  # its checks before training: the batch, the kernels
+        except (ConfigError, RunError) as error:
             refused[variant] = error
     if refused:
         runnable = [variant for variant in args.variants if variant not in refused]
@@ -142,7 +143,11 @@ def main() -> None:
     print(f"|{'-' * 17}|{'-' * 10}|{'-' * 14}|{'-' * 13}|")
     rows = []
     for variant in args.variants:
-        row = measure(configs[variant], args.eval_batches)
+        try:
+            row = measure(configs[variant], args.eval_batches)
+        except Diverged as error:
+            measured = f"; the variants before it are in {args.json}" if rows else ""
+            parser.error(f"variant {variant}: {error}{measured}")
         steps, every = schedule(run.trainer, row["epoch_length"])
         row.update(steps=steps, validations=validations(1, steps, every))
         valid_seconds = row["eval_seconds_per_batch"] * row["valid_batches"]

@@ -7,7 +7,7 @@ import torch
 from trainer_helpers import load_script, run_script
 
 from rbn.config import Backend
-from rbn.trainer import Trainer
+from rbn.trainer import Diverged, Trainer
 
 pytestmark = pytest.mark.usefixtures("tiny_data")
 TINY = ["model.hidden_size=4", "trainer.batch_size=4"]
@@ -106,17 +106,44 @@ def test_a_json_in_no_directory_is_refused_in_one_line_before_anything_is_timed(
 
 def test_the_variants_measured_before_one_that_fails_are_in_the_json(tmp_path, monkeypatch):
     report = tmp_path / "speed.json"
-    start = Trainer.__init__
+    fit = Trainer.fit
 
-    def fail_with_kernels(self, cfg, run_dir):
-        if cfg.model.backend == Backend.triton:
+    def fail_with_kernels(self):
+        if self.cfg.model.backend == Backend.triton:
             raise RuntimeError("the kernels failed")
-        start(self, cfg, run_dir)
+        fit(self)
 
-    monkeypatch.setattr(Trainer, "__init__", fail_with_kernels)
+    monkeypatch.setattr(Trainer, "fit", fail_with_kernels)
     with pytest.raises(RuntimeError, match="the kernels failed"):
         train_speed(monkeypatch, "--variants", "eager,kernels", "--steps", "2", "--eval-batches", "2", "--json", str(report), *TINY_TEXT)
     assert [row["variant"] for row in json.loads(report.read_text())["rows"]] == ["eager"]
+
+
+def test_a_variant_that_diverges_is_one_line_naming_it_and_the_json_of_those_before_it(tmp_path, monkeypatch, capsys):
+    report = tmp_path / "speed.json"
+    fit = Trainer.fit
+
+    def diverge_when_compiled(self):
+        if self.cfg.model.compile:
+            raise Diverged("the training loss is nan at step 1")
+        fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", diverge_when_compiled)
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager,compiled", "--steps", "2", "--eval-batches", "2", "--json", str(report), *TINY_TEXT)
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"error: variant compiled: the training loss is nan at step 1; the variants before it are in {report}")
+    assert [row["variant"] for row in json.loads(report.read_text())["rows"]] == ["eager"]
+
+
+def test_a_batch_the_trainer_refuses_is_refused_in_one_line_before_any_variant_is_timed(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit:
+        train_speed(monkeypatch, "--variants", "eager", *TINY_TEXT, "trainer.batch_size=1000")
+    assert exit.value.code == 2
+    printed = capsys.readouterr()
+    assert "error: variant eager: trainer.batch_size=1000: the train split" in printed.err.strip().splitlines()[-1]
+    assert printed.out == ""  # no table: nothing was timed
 
 
 def test_without_variants_a_cpu_times_the_eager_loop_and_the_compiled_step(tmp_path, monkeypatch):
