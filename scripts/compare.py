@@ -167,11 +167,13 @@ def unfinished_runs(root: Path) -> list[dict]:
             "devices": progress.get("devices", []), "steps_per_second": recent_speed(path.parent),
         })
     for path in sorted(root.rglob("results.json")):
-        if (path.parent / "last.pt").exists() or path.read_bytes() in listed:
+        if (path.parent / "last.pt").exists():
             continue
         try:
             results = read_results(path)
         except RunError:  # load_runs has said so
+            continue
+        if path.read_bytes() in listed:
             continue
         if results["status"] == "diverged" and (record := diverged_record(path, results)) is not None:
             runs.append(record)
@@ -310,9 +312,14 @@ def duration(seconds: float) -> str:
 
 @functools.cache  # a run not finished is read for its table row and its curve
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar of a run's events: {tag: {step: value}}."""
+    """Every scalar of a run's events: {tag: {step: value}}; none, said on stderr, where an
+    event file cannot be read."""
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
+    try:
+        events.Reload()
+    except OSError as error:
+        print(f"skipped the events of {run_dir}: {error}", file=sys.stderr)
+        return {}
     return {tag: {event.step: event.value for event in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
