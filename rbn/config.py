@@ -209,6 +209,10 @@ if not OmegaConf.has_resolver("run_name"):
 
 def check(cfg: DictConfig) -> None:
     """Raises ConfigError for values the types allow but training cannot use."""
+    try:  # an override's interpolation, ${...}, is resolved only where it is read
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{error.full_key}: {error.msg.splitlines()[0]}") from None
     unknown = _unknown_key(cfg)
     if unknown is not None:  # Hydra's + adds any key, even to a schema's node
         raise ConfigError(f"{unknown} is not a config key (misspelt?); `python train.py --cfg job` lists them")

@@ -201,6 +201,8 @@ def test_an_unknown_config_option_fails_when_composing():
         (["model.name=gru"], "model.name='gru' is not one of lstm, bnlstm, lnlstm"),
         (["model.momentum=1.5"], r"model.momentum must be in \[0.0, 1.0\], got 1.5"),
         (["trainer.sample_length=-1"], "trainer.sample_length must be >= 0, got -1"),
+        (["model.hidden_size=${oops}"], "^model.hidden_size: Interpolation key 'oops' not found$"),
+        (["trainer.max_steps=${data.name}"], "^trainer.max_steps: While dereferencing interpolation '\\$\\{data.name\\}': Value"),
     ],
 )
 def test_an_impossible_value_or_combination_is_one_clear_line(overrides, message):
