@@ -100,12 +100,17 @@ def main() -> None:
 
 def set_options(optimizer: torch.optim.Optimizer, options: list[tuple[str, float]]) -> str | None:
     """Sets each (key, value) in every parameter group; or says why not, for the first key
-    that is not a numeric option of the optimizer."""
+    that is not a numeric option of the optimizer, or for values torch refuses."""
     numeric = [key for key, value in optimizer.param_groups[0].items()
                if isinstance(value, (int, float)) and not isinstance(value, bool)]
-    for key, value in options:
+    for key, _ in options:
         if key not in numeric:
             return f"{key}: {type(optimizer).__name__} has no numeric option {key!r}; it has {', '.join(numeric)}"
+    try:  # torch checks the values where an optimizer is made, not where a group changes
+        type(optimizer)([torch.zeros(1, requires_grad=True)], **dict(options))
+    except ValueError as error:
+        return f"{' '.join(f'{key}={value:g}' for key, value in options)}: {error}"
+    for key, value in options:
         for group in optimizer.param_groups:
             group[key] = value
     return None
