@@ -88,7 +88,7 @@ def test_an_unknown_device_is_a_one_line_error(tmp_path, monkeypatch, capsys):
 
 def test_json_inside_the_run_directory_is_a_one_line_error_that_leaves_the_run_as_it_was(tmp_path, monkeypatch, capsys):
     """A results.json written there would mark the run finished."""
-    stopped_run(compose_config(*TINY), tmp_path, monkeypatch, 5)
+    stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 5)
     before = contents(tmp_path)
     error = evaluate_error(monkeypatch, capsys, tmp_path, "--json", tmp_path / "results.json")
     assert error.endswith(f"--json {tmp_path / 'results.json'} is inside {tmp_path}, which this script only reads")
@@ -96,7 +96,7 @@ def test_json_inside_the_run_directory_is_a_one_line_error_that_leaves_the_run_a
 
 
 def test_an_unreadable_last_pt_is_a_one_line_error_before_the_evaluation(tmp_path, monkeypatch, capsys):
-    stopped_run(compose_config(*TINY), tmp_path, monkeypatch, 5)
+    stopped_run(compose_config(*TINY_TEXT), tmp_path, monkeypatch, 5)
     (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:2000])
     evaluations = []
     monkeypatch.setattr(Trainer, "final_evaluation", lambda self: evaluations.append(self))

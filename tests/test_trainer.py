@@ -858,7 +858,7 @@ def test_train_py_gives_a_sweeper_the_validation_metric_never_the_tests(tmp_path
     hyperparameters by the test split would leak it into them."""
     train = load_script("train", CONF.parent)
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=pmnist", *TINY], return_hydra_config=True)
+        cfg = compose("config", overrides=TINY_TEXT, return_hydra_config=True)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored afterwards: Hydra's is a singleton
     with open_dict(cfg):  # as Hydra hands a job its config
         cfg.hydra.runtime.output_dir = str(tmp_path)
@@ -866,8 +866,8 @@ def test_train_py_gives_a_sweeper_the_validation_metric_never_the_tests(tmp_path
         del cfg["hydra"]
     returned = train.main(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["valid"]["accuracy"] != results["test"]["accuracy"]
-    assert returned == results["valid"]["accuracy"]
+    assert results["valid"]["bpc"] != results["test"]["bpc"]
+    assert returned == results["valid"]["bpc"]
 
 
 @pytest.mark.parametrize("overrides", [TINY, ["experiment=pmnist", *TINY], TINY_TEXT], ids=["seqmnist", "pmnist", "text"])
