@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -77,13 +78,18 @@ class Recurrent(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        if not hasattr(self, "cell_class"):
+            raise TypeError("rbn.Recurrent is the time loop that LSTM, BNLSTM and LNLSTM share: make one of them")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if proj_size != 0:
             raise ValueError(f"proj_size must be 0 (rbn's layers have no projection), got {proj_size!r}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        for name, value in (("bias", bias), ("batch_first", batch_first), ("compile", compile)):
+            if not isinstance(value, bool):  # as nn.LSTM: a truthy string would read time as batch
+                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+        if not _is_real(dropout) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout and num_layers == 1:  # as nn.LSTM warns
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -92,8 +98,8 @@ class Recurrent(nn.Module):
             )
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
-        if h0_noise_std < 0:
-            raise ValueError(f"h0_noise_std must be >= 0, got {h0_noise_std}")
+        if not _is_real(h0_noise_std) or not 0 <= h0_noise_std < math.inf:
+            raise ValueError(f"h0_noise_std must be a finite number >= 0, got {h0_noise_std!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
         self.input_size = input_size
@@ -164,6 +170,10 @@ class Recurrent(nn.Module):
         if self.bidirectional:
             s += ", bidirectional=True"
         s += f", init={self.init!r}"
+        if self.h0_noise_std:
+            s += f", h0_noise_std={self.h0_noise_std}"
+        if self.compile_step:
+            s += ", compile=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -408,12 +418,18 @@ class Recurrent(nn.Module):
             raise ValueError(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"lengths must be integers, got {lengths.dtype}")
+        lengths = lengths.long()  # compared with steps, which a uint8 would wrap
         if lengths.min() < 1 or lengths.max() > steps:
             raise ValueError(
                 f"lengths must be between 1 and the sequence length {steps}, "
                 f"got min {int(lengths.min())} and max {int(lengths.max())}"
             )
         return lengths
+
+
+def _is_real(value) -> bool:
+    """A real number, not a bool (which Python counts as one) and not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
 
 def _reverse(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -546,6 +562,8 @@ class BNLSTM(Recurrent):
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         if input_stats not in ("per_step", "shared"):
             raise ValueError(f"input_stats must be 'per_step' or 'shared', got {input_stats!r}")
+        if momentum is not None and not (_is_real(momentum) and 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be None (a cumulative average) or a number in [0, 1], got {momentum!r}")
         self.max_length = max_length
         self.norm_options = dict(eps=eps, momentum=momentum, gamma_init=gamma_init)
         self.input_stats = input_stats

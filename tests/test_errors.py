@@ -77,6 +77,14 @@ def test_lengths_out_of_range_or_of_wrong_shape(layer_name, lengths, match):
     raises((ValueError, TypeError), match, lambda: model(torch.randn(6, 2, 3), lengths=lengths))
 
 
+def test_lengths_of_a_narrow_integer_type_are_read_as_their_values():
+    """uint8 lengths beside a sequence longer than 255 steps: nn.LSTM's packing reads them."""
+    model, x = make("LSTM"), torch.randn(300, 2, 3)
+    expected = model(x, lengths=torch.tensor([200, 3]))
+    for got, want in zip(model(x, lengths=torch.tensor([200, 3], dtype=torch.uint8)), expected):
+        torch.testing.assert_close(got, want)
+
+
 def test_initial_state_of_wrong_shape(layer_name):
     model = make(layer_name, num_layers=2)
     hx = (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4))
@@ -139,15 +147,34 @@ def test_max_length_below_one(max_length):
         (dict(hidden_size=0), "hidden_size must be a positive integer, got 0"),
         (dict(num_layers=0), "num_layers must be a positive integer, got 0"),
         (dict(input_size=2.0), "input_size must be a positive integer, got 2.0"),
-        (dict(dropout=1.5), r"dropout must be in \[0, 1\], got 1.5"),
+        (dict(dropout=1.5), r"dropout must be a number in \[0, 1\], got 1.5"),
+        (dict(dropout=True, num_layers=2), r"dropout must be a number in \[0, 1\], got True"),
         (dict(init="xavier"), "init must be one of orthogonal, identity_g, uniform; got 'xavier'"),
-        (dict(h0_noise_std=-1.0), "h0_noise_std must be >= 0, got -1.0"),
+        (dict(h0_noise_std=-1.0), "h0_noise_std must be a finite number >= 0, got -1.0"),
+        (dict(h0_noise_std=float("nan")), "h0_noise_std must be a finite number >= 0, got nan"),
+        (dict(h0_noise_std=float("inf")), "h0_noise_std must be a finite number >= 0, got inf"),
         (dict(backend="cudnn"), "backend must be one of auto, triton, eager; got 'cudnn'"),
         (dict(proj_size=2), r"proj_size must be 0 \(rbn's layers have no projection\), got 2"),
     ],
 )
 def test_bad_constructor_arguments(layer_name, kwargs, match):
     raises(ValueError, match, lambda: make(layer_name, **kwargs))
+
+
+@pytest.mark.parametrize("name", ["bias", "batch_first", "compile"])
+def test_a_flag_that_is_not_a_bool_is_refused_as_nn_lstm_refuses_it(layer_name, name):
+    """A truthy string would read time as batch: batch_first="False"."""
+    raises(TypeError, f"{name} should be of type bool, got: str", lambda: make(layer_name, **{name: "False"}))
+
+
+@pytest.mark.parametrize("momentum", [1.5, "0.1", float("nan")])
+def test_batch_norm_momentum_outside_zero_to_one(momentum):
+    raises(ValueError, "momentum must be None .a cumulative average. or a number in \\[0, 1\\]", lambda: make("BNLSTM", momentum=momentum))
+
+
+def test_the_shared_time_loop_alone_is_not_a_layer():
+    raises(TypeError, "rbn.Recurrent is the time loop that LSTM, BNLSTM and LNLSTM share: make one of them",
+           lambda: rbn.Recurrent(3, 4))
 
 
 def test_lstm_has_no_triton_backend():

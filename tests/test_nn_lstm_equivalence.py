@@ -111,6 +111,11 @@ def test_a_layer_prints_its_options_as_nn_lstm_does():
         assert layer.extra_repr().startswith(f"{expected}, init=")
 
 
+def test_a_layer_prints_the_options_that_change_what_it_computes_in_training():
+    layer = rbn.LSTM(3, 4, h0_noise_std=0.5, compile=True)
+    assert layer.extra_repr().endswith(", init='orthogonal', h0_noise_std=0.5, compile=True")
+
+
 def test_uniform_init_is_nn_lstm_init():
     torch.manual_seed(1)
     reference = torch.nn.LSTM(3, 5, num_layers=2)
