@@ -119,6 +119,8 @@ class Cell:
             torch.is_grad_enabled()
             and self.weight_hh.requires_grad
             and self.weight_hh.shape[1] >= self.defer_from_hidden_size
+            # torch.compile traces the backward with the forward, before the loop hands it h_{t-1}.
+            and not torch.compiler.is_compiling()
         ):
             return probe
         self.hidden = []

@@ -427,6 +427,13 @@ class Recurrent(nn.Module):
         return lengths
 
 
+@torch.compiler.disable
+def _fused_lstm(*args) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch._VF.lstm``, which ``torch.compile`` runs eagerly, as it runs ``torch.nn.LSTM``:
+    traced, the op's oneDNN backward fails on its fake tensors."""
+    return _VF.lstm(*args)
+
+
 def _is_real(value) -> bool:
     """A real number, not a bool (which Python counts as one) and not NaN."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
@@ -528,9 +535,9 @@ class LSTM(Recurrent):
             k = slice(layer * self.num_directions, (layer + 1) * self.num_directions)
             options = (self._layer_weights(layer), self.bias, 1, 0.0, self.training, self.bidirectional)
             if batch_sizes is None:
-                x, h, c = _VF.lstm(x, (h0[k], c0[k]), *options, False)  # batch_first=False: x is (T, B, I)
+                x, h, c = _fused_lstm(x, (h0[k], c0[k]), *options, False)  # batch_first=False: x is (T, B, I)
             else:
-                x, h, c = _VF.lstm(x, batch_sizes, (h0[k], c0[k]), *options)
+                x, h, c = _fused_lstm(x, batch_sizes, (h0[k], c0[k]), *options)
             h_n.append(h)
             c_n.append(c)
         if batch_sizes is not None:

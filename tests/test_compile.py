@@ -7,7 +7,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from conftest import make
+from conftest import defer_weight_gradient_from, make
 
 
 @pytest.mark.slow
@@ -57,3 +57,24 @@ def test_a_compiled_layer_pickles_whole_and_compiles_its_step_again_when_loaded(
     x = torch.randn(6, 5, 3)
     torch.testing.assert_close(restored(x)[0], eager(x)[0])
     assert counters["frames"]["ok"] >= 1  # what ran was compiled
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_whole_layer_trains_as_the_layer_does(layer_name, monkeypatch):
+    """``torch.compile(model)``, as users compile whole models: rbn.LSTM's fused op runs
+    eagerly inside it, as nn.LSTM does, and W_h's gradient, deferred here, is not deferred
+    there (dynamo traces the backward with the forward, before the loop has its h_{t-1}).
+    aot_eager traces as inductor does, without its code generation."""
+    defer_weight_gradient_from(monkeypatch, 0)
+    torch._dynamo.reset()
+    model = make(layer_name)
+    x = torch.randn(3, 5, 3)
+    expected, (h_n, c_n) = model(x)
+    (expected.square().sum() + c_n.sum()).backward()
+    gradients = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    output, (h_n, c_n) = torch.compile(model, backend="aot_eager")(x)
+    (output.square().sum() + c_n.sum()).backward()
+    torch.testing.assert_close(output, expected)
+    for (name, p), expected_gradient in zip(model.named_parameters(), gradients):
+        torch.testing.assert_close(p.grad, expected_gradient, msg=name)
