@@ -147,6 +147,13 @@ class Recurrent(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """As nn.LSTM's: per layer and direction, W_ih, W_hh and the biases."""
+        names = ("weight_ih", "weight_hh", *self.bias_names) if self.bias else ("weight_ih", "weight_hh")
+        return [[getattr(self, f"{name}{suffix}") for name in names]
+                for layer in range(self.num_layers) for suffix in self._suffixes(layer)]
+
     def _suffixes(self, layer: int) -> list[str]:
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
 

@@ -116,6 +116,14 @@ def test_a_layer_prints_the_options_that_change_what_it_computes_in_training():
     assert layer.extra_repr().endswith(", init='orthogonal', h0_noise_std=0.5, compile=True")
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_all_weights_are_nn_lstms(bias):
+    options = dict(num_layers=2, bias=bias, bidirectional=True)
+    reference, ours = torch.nn.LSTM(3, 4, **options), rbn.LSTM(3, 4, **options)
+    names = {id(parameter): name for name, parameter in ours.named_parameters()}
+    assert [[names[id(weight)] for weight in weights] for weights in ours.all_weights] == reference._all_weights
+
+
 def test_uniform_init_is_nn_lstm_init():
     torch.manual_seed(1)
     reference = torch.nn.LSTM(3, 5, num_layers=2)
