@@ -130,12 +130,6 @@ def test_a_sweep_that_sets_which_keys_name_its_runs_is_left_as_it_says(prefix):
     assert train.name_sweep_runs_by_what_varies(argv) == argv
 
 
-def test_compare_refuses_a_directory_without_runs(tmp_path):
-    process = run("scripts/compare.py", str(tmp_path), cwd=tmp_path, check=False)
-    assert process.returncode == 2
-    assert "no readable runs (results.json or last.pt)" in process.stderr
-
-
 def test_a_run_that_diverges_exits_with_an_error_so_that_a_chain_of_commands_stops(tmp_path):
     """The trainer's result is replaced: a real divergence takes long to provoke."""
     diverged = {"status": "diverged", "step": 5, "error": "the training loss is nan at step 5"}

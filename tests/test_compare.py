@@ -100,11 +100,13 @@ def test_one_sweep_writes_into_itself_with_plain_labels(monkeypatch, two_sweeps)
         (["{a}", "{a}", "--out", "{out}"], "the ROOTs' names label their runs, and two are the same"),
         (["{out}"], "is not a directory"),
         (["{a}", "--out", "{file}"], "cannot create --out"),
+        (["{empty}"], "no readable runs (results.json or last.pt)"),
     ],
 )
 def test_bad_roots_are_one_line(tmp_path, monkeypatch, capsys, two_sweeps, args, message):
-    paths = dict(a=two_sweeps[0], b=two_sweeps[1], out=tmp_path / "out", file=tmp_path / "a-file")
+    paths = dict(a=two_sweeps[0], b=two_sweeps[1], out=tmp_path / "out", file=tmp_path / "a-file", empty=tmp_path / "empty")
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit:
         compare(monkeypatch, *(arg.format(**paths) for arg in args))
     assert exit.value.code == 2

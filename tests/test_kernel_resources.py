@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trainer_helpers import load_script
+from trainer_helpers import load_script, run_script, script_error
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kernel_resources.py"
 pytestmark = pytest.mark.slow  # compiles four kernels: seconds
@@ -55,7 +55,7 @@ def test_a_kernel_without_a_loop_has_no_loop_over_time():
 
 
 @pytest.mark.parametrize("args", [["--hidden", "0"], ["--batch", "16", "0"], ["--sms", "-1"]], ids=" ".join)
-def test_sizes_that_are_not_positive_are_one_line_errors(args):
-    run = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 2
-    assert "must be a positive integer" in run.stderr.strip().splitlines()[-1]
+def test_sizes_that_are_not_positive_are_one_line_errors(args, monkeypatch, capsys):
+    script = load_script("kernel_resources")
+    error = script_error(lambda: run_script(monkeypatch, script, *args), capsys, "kernel_resources.py")
+    assert "must be a positive integer" in error
