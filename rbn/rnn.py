@@ -555,7 +555,8 @@ class BNLSTM(Recurrent):
     """The batch-normalized LSTM of Cooijmans et al. 2016 (see ``BNLSTMCell``); ``Recurrent``'s
     arguments, and:
 
-    ``max_length``: timesteps with statistics of their own; later ones reuse the last.
+    ``max_length``: timesteps with statistics of their own; later ones reuse the last. The
+    training sequences' length: a row that training never reaches keeps mean 0 and variance 1.
     ``momentum``, ``eps``: as in ``torch.nn.BatchNorm1d``. ``gamma_init``: every gain starts
     here (0.1: 1.0 saturates tanh). ``input_stats="shared"`` keeps one set of statistics over
     time for the input term (the paper's BN-e* for padded data). Population statistics are
