@@ -434,10 +434,12 @@ class Recurrent(nn.Module):
         return lengths
 
 
-@torch.compiler.disable
 def _fused_lstm(*args) -> tuple[Tensor, Tensor, Tensor]:
     """``torch._VF.lstm``, which ``torch.compile`` runs eagerly, as it runs ``torch.nn.LSTM``:
     traced, the op's oneDNN backward fails on its fake tensors."""
+    if torch.compiler.is_compiling():
+        # Wrapped here, not at import: torch.compiler.disable imports dynamo, a second's work.
+        return torch.compiler.disable(_VF.lstm)(*args)
     return _VF.lstm(*args)
 
 
