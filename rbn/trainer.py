@@ -80,11 +80,9 @@ class RunError(RuntimeError):
 
 
 CHECKPOINT_KEYS = {"model", "optimizer", "progress", "rng", "carry", "permutation", "config"}
-# The trainer's options that change what is trained, or which checkpoint is best: a resumed
-# attempt must keep them (an epoch's position is counted in batches; best.pt is chosen among
-# validations, which must be of the same batches). The others (device, step and epoch limits,
-# intervals, logging) may change.
-TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision", "limit_eval_batches")
+# The trainer's options that change what is trained: a resumed attempt must keep them (an epoch's
+# position is counted in batches). The others (device, limits, intervals, logging) may change.
+TRAINING_OPTIONS = ("batch_size", "clip_grad_norm", "precision")
 # The layer's options that choose how it computes, not what (the Triton kernels and a compiled
 # step compute what the eager loop does): a run started eagerly may go on with the kernels.
 IMPLEMENTATION_OPTIONS = ("backend", "compile")

@@ -501,13 +501,6 @@ def test_resuming_with_another_gradient_clipping_is_refused(tmp_path):
         Trainer(compose_config(*TINY_TEXT, "trainer.clip_grad_norm=0.5"), tmp_path)
 
 
-def test_resuming_with_another_cap_on_validation_is_refused(tmp_path):
-    """best.pt is the best of the run's validations, which must all be of the same batches."""
-    Trainer(compose_config(*TINY_TEXT, "trainer.max_steps=3"), tmp_path).fit()
-    with pytest.raises(RunError, match=r"another config \(trainer.limit_eval_batches: 2 -> None\)"):
-        Trainer(compose_config(*TINY_TEXT, "trainer.limit_eval_batches=null"), tmp_path)
-
-
 def saved_before_the_option_existed(run_dir, group: str, key: str) -> None:
     checkpoint = load(run_dir / "last.pt")
     del checkpoint["config"][group][key]
