@@ -72,9 +72,11 @@ def _from_torchvision(root: Path, download: bool) -> dict[str, Tensor]:
     try:
         official_train = MNIST(directory, train=True, download=download)
         official_test = MNIST(directory, train=False, download=download)
-    # Missing, or files not in MNIST's format (torchvision's reader asserts on a bad header).
-    except (RuntimeError, ValueError, EOFError, AssertionError) as error:
-        reason = " ".join(str(error).split()) or "a file is not in MNIST's format"  # torchvision's message spans lines
+    except AssertionError:  # torchvision's reader, on a header that is not MNIST's: it found the files
+        raise DataError(f"a file of MNIST under {directory} is not in MNIST's format: replace it with torchvision's "
+                        f"MNIST/raw file ({', '.join(TORCHVISION_FILES)}) or remove it") from None
+    except (RuntimeError, ValueError, EOFError) as error:  # missing, or files not in MNIST's format
+        reason = " ".join(str(error).split())  # torchvision's message spans lines
         if not download:
             raise DataError(f"MNIST under {directory} is missing or unreadable: {reason}; place torchvision's "
                             f"MNIST/raw files there ({', '.join(TORCHVISION_FILES)}) or allow download") from None

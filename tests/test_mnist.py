@@ -77,11 +77,21 @@ def test_torchvision_files_of_another_size_than_mnist_are_a_one_line_error(tmp_p
         mnist.load_mnist(tmp_path, source="torchvision", download=False)
 
 
-@pytest.mark.parametrize("contents", [b"", b"not mnist at all"], ids=["empty", "no-mnist-header"])
-def test_a_torchvision_file_that_is_not_mnist_is_a_one_line_error(tmp_path, contents):
+@pytest.mark.parametrize("download", [False, True])
+def test_a_torchvision_file_without_mnists_header_is_a_one_line_error_naming_it_whatever_the_download(tmp_path, download):
     pixels, labels = torch.zeros(100, 784, dtype=torch.uint8), torch.zeros(100, dtype=torch.long)
     write_torchvision_files(tmp_path / "torchvision" / "MNIST" / "raw", pixels, labels, pixels, labels)
-    (tmp_path / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(contents)
+    (tmp_path / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"not mnist at all")
+    with pytest.raises(DataError, match=f"^a file of MNIST under {tmp_path / 'torchvision'} is not in MNIST's format: "
+                                        "replace it") as error:
+        mnist.load_mnist(tmp_path, source="torchvision", download=download)
+    assert "\n" not in str(error.value)
+
+
+def test_an_empty_torchvision_file_is_a_one_line_error(tmp_path):
+    pixels, labels = torch.zeros(100, 784, dtype=torch.uint8), torch.zeros(100, dtype=torch.long)
+    write_torchvision_files(tmp_path / "torchvision" / "MNIST" / "raw", pixels, labels, pixels, labels)
+    (tmp_path / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte").write_bytes(b"")
     with pytest.raises(DataError, match=f"MNIST under {tmp_path / 'torchvision'} is missing or unreadable: ") as error:
         mnist.load_mnist(tmp_path, source="torchvision", download=False)
     assert "\n" not in str(error.value)
