@@ -89,7 +89,7 @@ def computed_here(cfg: DictConfig, device: torch.device) -> None:
     and the Triton kernels, which compute what the eager loop does."""
     if device.type != "cuda":
         cfg.trainer.cuda_graphs = False
-        if Backend(cfg.model.backend) == Backend.triton:
+        if Backend(cfg.model.get("backend", "auto")) == Backend.triton:  # older configs lack it
             cfg.model.backend = Backend.auto.value
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from trainer_helpers import TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error
 
 import data
@@ -47,11 +48,19 @@ def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combina
 
 
 def test_a_run_trained_with_the_kernels_on_a_gpu_is_analysed_with_the_eager_loop_here(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).run()
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     as_if_trained_on_a_gpu(tmp_path / "best.pt")
     monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)  # as outside the tests: no kernels on a CPU
     rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
     assert len([row for row in rows if row.startswith("| batch") or row.startswith("| population")]) == 8
+
+
+def test_a_config_saved_before_the_backend_option_existed_computes_here_as_it_did():
+    config = to_dict(compose_config(*TINY, "trainer.cuda_graphs=true"))
+    del config["model"]["backend"]  # as checkpoints before 0a53345 (2026-11-23) saved it
+    cfg = OmegaConf.create(config)
+    load_script("arguments").computed_here(cfg, torch.device("cpu"))
+    assert "backend" not in cfg.model and cfg.trainer.cuda_graphs is False
 
 
 def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monkeypatch, capsys):
