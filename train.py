@@ -24,8 +24,9 @@ log = logging.getLogger("train")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the validation metric that selects models (accuracy or bits per character), for
-    sweepers that optimize it: never the test's, which choosing hyperparameters by would leak."""
+    """Returns the validation metric (accuracy or bits per character, by the paper's procedure:
+    population statistics for BN-LSTM), for sweepers that optimize it: never the test's, which
+    choosing hyperparameters by would leak."""
     hydra_config = HydraConfig.get()
     sweep = hydra_config.mode == RunMode.MULTIRUN
     try:

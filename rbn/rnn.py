@@ -87,7 +87,7 @@ class Recurrent(nn.Module):
             raise ValueError(f"proj_size must be 0 (rbn's layers have no projection), got {proj_size!r}")
         for name, value in (("bias", bias), ("batch_first", batch_first), ("compile", compile)):
             if not isinstance(value, bool):  # as nn.LSTM: a truthy string would read time as batch
-                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+                raise TypeError(f"{name} should be of type bool, got {value!r}")
         if not _is_real(dropout) or not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if dropout and num_layers == 1:  # as nn.LSTM warns

@@ -164,7 +164,7 @@ def test_bad_constructor_arguments(layer_name, kwargs, match):
 @pytest.mark.parametrize("name", ["bias", "batch_first", "compile"])
 def test_a_flag_that_is_not_a_bool_is_refused_as_nn_lstm_refuses_it(layer_name, name):
     """A truthy string would read time as batch: batch_first="False"."""
-    raises(TypeError, f"{name} should be of type bool, got: str", lambda: make(layer_name, **{name: "False"}))
+    raises(TypeError, f"{name} should be of type bool, got 'False'", lambda: make(layer_name, **{name: "False"}))
 
 
 @pytest.mark.parametrize("momentum", [1.5, "0.1", float("nan")])
