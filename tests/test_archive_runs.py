@@ -91,11 +91,7 @@ def test_a_run_whose_events_cannot_be_read_is_a_one_line_error_that_keeps_its_ea
     finished_run(tmp_path / "runs" / "run")
     archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
     before = {path: path.read_bytes() for path in (tmp_path / "archive").rglob("*") if path.is_file()}
-
-    def unreadable(self):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "runs" / "run" / "events.out.tfevents.1"))
-
-    monkeypatch.setattr(EventAccumulator, "Reload", unreadable)
+    (tmp_path / "runs" / "run" / "events.out.tfevents.2.x").mkdir()  # unreadable as a file (chmod is not, to root)
     with pytest.raises(SystemExit) as stopped:
         archive_runs(monkeypatch, tmp_path / "runs", tmp_path / "archive")
     assert stopped.value.code == 2
