@@ -150,9 +150,13 @@ class Recurrent(nn.Module):
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
         """As nn.LSTM's: per layer and direction, W_ih, W_hh and the biases."""
+        return [self._weights(suffix) for layer in range(self.num_layers) for suffix in self._suffixes(layer)]
+
+    def _weights(self, suffix: str) -> list[nn.Parameter]:
+        """One layer and direction's W_ih, W_hh and, with bias, its biases, in nn.LSTM's order.
+        Read at each call, so that ``torch.func.functional_call`` and parametrizations are seen."""
         names = ("weight_ih", "weight_hh", *self.bias_names) if self.bias else ("weight_ih", "weight_hh")
-        return [[getattr(self, f"{name}{suffix}") for name in names]
-                for layer in range(self.num_layers) for suffix in self._suffixes(layer)]
+        return [getattr(self, f"{name}{suffix}") for name in names]
 
     def _suffixes(self, layer: int) -> list[str]:
         return [f"_l{layer}", f"_l{layer}_reverse"][: self.num_directions]
@@ -481,10 +485,8 @@ class LSTM(Recurrent):
 
     def _layer_weights(self, layer: int) -> list[Tensor]:
         """One layer's weights in ``torch.nn.LSTM._flat_weights``' order: per direction, W_ih,
-        W_hh, and with bias b_ih, b_hh. Read at each call, so that
-        ``torch.func.functional_call`` and parametrizations are seen."""
-        names = self.cell_parameters if self.bias else self.cell_parameters[:2]
-        return [getattr(self, f"{name}{suffix}") for suffix in self._suffixes(layer) for name in names]
+        W_hh, and with bias b_ih, b_hh."""
+        return [weight for suffix in self._suffixes(layer) for weight in self._weights(suffix)]
 
     def flatten_parameters(self) -> None:
         """``torch.nn.RNNBase.flatten_parameters``, layer by layer (as ``_layers`` calls cuDNN):
