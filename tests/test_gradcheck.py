@@ -17,7 +17,10 @@ def check(model, x, by=torch.autograd.gradcheck, **kwargs):
 
     names = [name for name, _ in model.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
-    assert by(f, (x.double().requires_grad_(), *params))
+    # Fast mode compares random projections of the Jacobian, not all its entries: 5x faster,
+    # and with tolerances 100x tighter than the defaults it fails on a deferred W_h gradient
+    # 0.1 % off, which the full Jacobian at the defaults let pass.
+    assert by(f, (x.double().requires_grad_(), *params), fast_mode=True, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
