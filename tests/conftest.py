@@ -104,9 +104,15 @@ def embedded_or_skip(load):
         raise
 
 
-@pytest.fixture
-def tiny_data(monkeypatch):
+def use_tiny_data(monkeypatch) -> None:
     """MNIST-shaped random images (12 / 6 / 6) and a ~400-character corpus in place of the
     real data, so the trainer's tests need no files; the factories' code still runs."""
     monkeypatch.setattr(data, "load_mnist", tiny_mnist)
     monkeypatch.setattr(data, "shakespeare", tiny_text)
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+    """The tiny data of ``use_tiny_data`` for one test; a module-scoped fixture that trains
+    a run for several tests calls ``use_tiny_data`` in a ``pytest.MonkeyPatch.context()``."""
+    use_tiny_data(monkeypatch)

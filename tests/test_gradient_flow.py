@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from trainer_helpers import load_script, run_script, tiny_mnist
+from conftest import use_tiny_data
+from trainer_helpers import load_script, run_script
 
 import data
 import rbn
@@ -151,7 +152,7 @@ def tiny_run(tmp_path_factory) -> Path:
     read what it wrote: flow.png and flow.csv."""
     directory = tmp_path_factory.mktemp("gradient_flow")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "load_mnist", tiny_mnist)
+        use_tiny_data(patch)
         args = ["--gammas", "0.1,1", "--png", str(directory / "flow.png"), "--csv", str(directory / "flow.csv")]
         gradient_flow(patch, *TINY_RUN, *args)
     return directory

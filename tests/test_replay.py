@@ -2,10 +2,12 @@
 
 import math
 import shutil
+from pathlib import Path
 
 import torch
 
 import pytest
+from conftest import use_tiny_data
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import NO_GPU_HERE, TINY, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error
 
@@ -37,13 +39,22 @@ def replay(monkeypatch, capsys, *args) -> tuple[list[dict[str, float]], list[str
     return rows, other
 
 
+@pytest.fixture(scope="module")
+def trained_to_step_2(tmp_path_factory) -> Path:
+    """A run stopped at step 2, trained once for the tests that copy it."""
+    run = tmp_path_factory.mktemp("replay") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_tiny_data(monkeypatch)
+        Trainer(compose_config(*PER_STEP, "trainer.max_steps=2"), run).run()
+    return run
+
+
 @pytest.fixture
-def run_at_step_2(tmp_path):
-    """A run stopped at step 2, and a copy of it to replay."""
-    run = tmp_path / "run"
-    Trainer(compose_config(*PER_STEP, "trainer.max_steps=2"), run).run()
-    shutil.copytree(run, tmp_path / "copy")
-    return run, tmp_path / "copy"
+def run_at_step_2(trained_to_step_2, tmp_path) -> tuple[Path, Path]:
+    """The run stopped at step 2, to train on, and a copy of it to replay."""
+    for name in ("run", "copy"):
+        shutil.copytree(trained_to_step_2, tmp_path / name)
+    return tmp_path / "run", tmp_path / "copy"
 
 
 def test_a_replay_repeats_the_runs_next_steps_exactly(run_at_step_2, monkeypatch, capsys):
