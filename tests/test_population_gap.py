@@ -1,9 +1,11 @@
 """scripts/population_gap.py, in process on the trainer's tiny data (the ``tiny_data`` fixture)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import use_tiny_data
 from omegaconf import OmegaConf
 from trainer_helpers import TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error
 
@@ -25,11 +27,20 @@ def accuracy_and_loss(row: str) -> tuple[float, float]:
     return float(accuracy.strip(" %")) / 100, float(loss)
 
 
-def test_all_batch_and_all_population_rows_reproduce_the_final_evaluation(tmp_path, monkeypatch, capsys):
-    # Without h0 noise the population estimate draws no random numbers: both must match exactly.
-    Trainer(compose_config(*TINY, "model.h0_noise_std=0"), tmp_path).run()
-    results = json.loads((tmp_path / "results.json").read_text())
-    rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batches", "2", "--estimate-batches", "2")
+@pytest.fixture(scope="module")
+def run_without_h0_noise(tmp_path_factory) -> Path:
+    """A finished BN-LSTM run, trained once for the tests that only read it. Without h0 noise
+    the population estimate draws no random numbers: the script's rows must match exactly."""
+    run = tmp_path_factory.mktemp("population_gap")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_tiny_data(monkeypatch)
+        Trainer(compose_config(*TINY, "model.h0_noise_std=0"), run).run()
+    return run
+
+
+def test_all_batch_and_all_population_rows_reproduce_the_final_evaluation(run_without_h0_noise, monkeypatch, capsys):
+    results = json.loads((run_without_h0_noise / "results.json").read_text())
+    rows = population_gap(monkeypatch, capsys, str(run_without_h0_noise), "--batches", "2", "--estimate-batches", "2")
     table = [row for row in rows if row.startswith("| batch") or row.startswith("| population")]
     assert len(table) == 8
     for row, split in ((table[0], "valid_batch_statistics"), (table[-1], "valid")):
@@ -38,8 +49,18 @@ def test_all_batch_and_all_population_rows_reproduce_the_final_evaluation(tmp_pa
         assert loss == pytest.approx(results[split]["loss"], abs=5e-5), split
 
 
+def test_the_batch_size_changes_only_the_rows_with_batch_statistics(run_without_h0_noise, monkeypatch, capsys):
+    tables = {}
+    for size in ("2", "6"):
+        rows = population_gap(monkeypatch, capsys, str(run_without_h0_noise), "--batch-size", size, "--estimate-batches", "2")
+        assert rows[0].endswith(f"6 validation images in batches of {size}, population statistics from 2 training batches")
+        tables[size] = [row for row in rows if row.startswith("| batch") or row.startswith("| population")]
+    assert tables["2"][-1] == tables["6"][-1]  # population statistics everywhere: each image on its own
+    assert tables["2"][0] != tables["6"][0]
+
+
 def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(tmp_path, monkeypatch, capfd):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).run()
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     best["config"]["model"]["compile"] = True  # as the BN-LSTM MNIST runs on CPU train
     torch.save(best, tmp_path / "best.pt")
@@ -64,7 +85,7 @@ def test_a_config_saved_before_the_backend_option_existed_computes_here_as_it_di
 
 
 def test_a_model_without_batch_normalization_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "model=lnlstm"), tmp_path).run()
+    Trainer(compose_config(*TINY, "model=lnlstm", "trainer.max_steps=1"), tmp_path).fit()
     with pytest.raises(SystemExit):
         population_gap(monkeypatch, capsys, str(tmp_path))
     assert "has no batch normalization" in capsys.readouterr().err
@@ -122,17 +143,6 @@ def test_a_best_pt_that_its_config_no_longer_builds_is_a_one_line_error_naming_i
     torch.save(checkpoint, tmp_path / "best.pt")
     error = one_line_error(monkeypatch, capsys, str(tmp_path))
     assert f"{tmp_path / 'best.pt'} does not fit the model its config builds now (size mismatch for " in error
-
-
-def test_the_batch_size_changes_only_the_rows_with_batch_statistics(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "model.h0_noise_std=0"), tmp_path).run()
-    tables = {}
-    for size in ("2", "6"):
-        rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batch-size", size, "--estimate-batches", "2")
-        assert rows[0].endswith(f"6 validation images in batches of {size}, population statistics from 2 training batches")
-        tables[size] = [row for row in rows if row.startswith("| batch") or row.startswith("| population")]
-    assert tables["2"][-1] == tables["6"][-1]  # population statistics everywhere: each image on its own
-    assert tables["2"][0] != tables["6"][0]
 
 
 @pytest.mark.parametrize("option", ["--batches", "--batch-size", "--estimate-batches"])
