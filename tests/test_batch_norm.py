@@ -34,6 +34,23 @@ def test_layer_norm_gains_start_at_gamma_init_one_by_default(gamma_init):
     assert len(norms) == 3 and all((m.weight == (gamma_init or 1.0)).all() for m in norms)
 
 
+@pytest.mark.parametrize("option, value", [("eps", 1e-3), ("momentum", None), ("momentum", 0.5), ("gamma_init", 0.5)])
+def test_bn_lstm_options_reach_every_batch_normalization(option, value):
+    """Each non-default value: the layer's defaults equal SequenceBatchNorm's own."""
+    model = make("BNLSTM", num_layers=2, **{option: value})
+    norms = [m for m in model.modules() if isinstance(m, rbn.SequenceBatchNorm)]
+    assert len(norms) == 6
+    if option == "gamma_init":
+        assert all((norm.gamma == value).all() for norm in norms)
+    else:
+        assert {getattr(norm, option) for norm in norms} == {value}
+
+
+def test_ln_lstm_eps_reaches_every_layer_normalization():
+    model = make("LNLSTM", num_layers=2, eps=1e-3)
+    assert [m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] == [1e-3] * 6
+
+
 def test_statistics_are_one_buffer_per_normalization_with_a_row_per_timestep():
     model = make("BNLSTM", max_length=7)
     buffers = dict(model.named_buffers())
@@ -46,6 +63,20 @@ def test_statistics_are_one_buffer_per_normalization_with_a_row_per_timestep():
         *(f"bn_{n}_l0.{s}" for n in "xhc" for s in ["gamma", *statistics]),
         "bn_c_l0.beta",
     }
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_eval_normalizes_a_whole_sequence_with_its_population_statistics_and_eps(shared):
+    """Variances near eps, where leaving eps out would show."""
+    norm = rbn.SequenceBatchNorm(3, max_length=4, shared=shared).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(1e-5, 1e-4)
+        norm.gamma.uniform_(0.5, 1.5)
+        norm.beta.uniform_(-1, 1)
+    x = torch.randn(4, 5, 3) * 0.01
+    mean, var = (statistic.expand(4, 3)[:, None] for statistic in (norm.running_mean, norm.running_var))
+    torch.testing.assert_close(norm(x), norm.beta + norm.gamma * (x - mean) / torch.sqrt(var + norm.eps))
 
 
 def test_training_updates_running_statistics_per_timestep_with_momentum():

@@ -126,8 +126,11 @@ def test_sequence_batch_norm_input_that_is_not_a_sequence_of_num_features():
     raises(ValueError, expected + r"\(4, 5, 2\)", lambda: norm(torch.randn(4, 5, 2)))
 
 
-def test_batch_norm_training_on_a_single_sequence():
-    model = make("BNLSTM").train()
+@pytest.mark.parametrize("input_stats", ["per_step", "shared"])
+def test_batch_norm_training_on_a_single_sequence(input_normalization, input_stats):
+    """Refused where the input term is normalized step by step (the CPU's loop) and where it
+    is normalized whole (the GPU's), with statistics per step or shared over time."""
+    model = make("BNLSTM", input_stats=input_stats).train()
     raises(ValueError, "needs at least 2 sequences per batch, got 1", lambda: model(torch.randn(6, 1, 3)))
     raises(ValueError, "needs at least 2 sequences per batch, got 1", lambda: model(torch.randn(6, 3)))
     model.eval()
