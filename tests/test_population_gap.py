@@ -59,6 +59,22 @@ def test_the_batch_size_changes_only_the_rows_with_batch_statistics(run_without_
     assert tables["2"][0] != tables["6"][0]
 
 
+def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_columns_say(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
+    script, evaluated = load_script("population_gap"), []
+
+    def evaluate(model, batches, with_batch_statistics):
+        evaluated.append({name.split(".")[-1][:4] for name, module in model.named_modules()
+                          if any(module is norm for norm in with_batch_statistics)})
+        return {"accuracy": 0.0, "loss": 0.0}
+
+    monkeypatch.setattr(script, "evaluate", evaluate)
+    run_script(monkeypatch, script, str(tmp_path), "--batches", "1")
+    rows = [row.split("|")[1:4] for row in capsys.readouterr().out.splitlines() if row.startswith(("| batch", "| population"))]
+    said = [{kind for kind, cell in zip(script.NORMALIZATIONS, row) if cell.strip() == "batch"} for row in rows]
+    assert len(said) == 8 and said == evaluated
+
+
 def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(tmp_path, monkeypatch, capfd):
     Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     best = torch.load(tmp_path / "best.pt", weights_only=True)
