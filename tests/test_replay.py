@@ -70,6 +70,19 @@ def test_a_replay_repeats_the_runs_next_steps_exactly(run_at_step_2, monkeypatch
         assert row["grad norm"] == pytest.approx(logged["grad_norm"][row["step"]], rel=1e-5)
 
 
+def test_the_step_size_and_the_recurrent_weights_norm_are_what_their_columns_say(run_at_step_2, monkeypatch, capsys):
+    """The norm of the change of all parameters in the step, and W_h's largest singular value after it."""
+    run, copy = run_at_step_2
+    trainer = Trainer(compose_config(*PER_STEP, "trainer.max_steps=3"), run)  # resumed at step 2
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.fit()
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    (row,), _ = replay(monkeypatch, capsys, copy, "--steps", 1)
+    assert row["step size"] == pytest.approx(float((after - before).norm()), rel=1e-4)
+    weight_hh = trainer.model.recurrent.weight_hh_l0.detach()
+    assert row["‖weight_hh_l0‖₂"] == pytest.approx(float(torch.linalg.matrix_norm(weight_hh, 2)), rel=1e-4)
+
+
 def test_validating_during_a_replay_leaves_its_steps_as_they_were(run_at_step_2, monkeypatch, capsys):
     _, copy = run_at_step_2
     plain, _ = replay(monkeypatch, capsys, copy, "--steps", 3)
