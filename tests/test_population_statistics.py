@@ -28,15 +28,15 @@ def table_rows(lines: list[str]) -> dict[str, list[float]]:
     return rows
 
 
-def write_final(run_dir: Path, mean_h: torch.Tensor, var_h: torch.Tensor) -> None:
-    """A BN-LSTM final.pt holding these statistics of W_h h (T, C), and settled ones of c_t."""
+def write_final(run_dir: Path, mean_h: torch.Tensor, var_h: torch.Tensor, layer: int = 0) -> None:
+    """A BN-LSTM final.pt of ``layer + 1`` layers whose ``layer`` holds these statistics of
+    W_h h (T, C); every other statistic is settled (mean 0, variance 1 at every step)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = to_dict(compose_config(*TINY, f"model.max_length={len(mean_h)}"))
-    steps, channels = mean_h.shape
-    model = {
-        "recurrent.bn_h_l0.running_mean": mean_h, "recurrent.bn_h_l0.running_var": var_h,
-        "recurrent.bn_c_l0.running_mean": torch.zeros(steps, channels), "recurrent.bn_c_l0.running_var": torch.ones(steps, channels),
-    }
+    cfg = to_dict(compose_config(*TINY, f"model.max_length={len(mean_h)}", f"model.num_layers={layer + 1}"))
+    settled = {"mean": torch.zeros_like(mean_h), "var": torch.ones_like(var_h)}
+    model = {f"recurrent.{term}_l{index}.running_{stat}": value
+             for index in range(layer + 1) for term in ("bn_h", "bn_c") for stat, value in settled.items()}
+    model.update({f"recurrent.bn_h_l{layer}.running_mean": mean_h, f"recurrent.bn_h_l{layer}.running_var": var_h})
     torch.save({"model": model, "config": cfg}, run_dir / "final.pt")
 
 
@@ -56,6 +56,23 @@ def test_the_table_gives_how_far_each_statistic_is_from_its_last_timestep_and_wh
     assert rows["mean of recurrent term W_h h"][-1] == 5
     assert rows["var of recurrent term W_h h"] == [1.0, 1.0, 1.0, 0.0, 0.0, 3]
     assert rows["mean of cell state c"][-1] == 0 and rows["var of cell state c"][-1] == 0
+
+
+def test_the_table_gives_the_90th_percentile_over_units(tmp_path, monkeypatch, capsys):
+    """Eleven units whose means are 0 to 10 standard deviations from their last ones at t = 0."""
+    mean_h = torch.zeros(2, 11)
+    mean_h[0] = torch.arange(11.0)
+    write_final(tmp_path / "run", mean_h, torch.ones(2, 11))
+    rows = table_rows(population_statistics(monkeypatch, capsys, tmp_path / "run", "--out", tmp_path))
+    assert rows["mean of recurrent term W_h h"][0] == pytest.approx(9.0)
+
+
+def test_layer_reads_that_layers_statistics(tmp_path, monkeypatch, capsys):
+    var_h = torch.ones(4, 3)
+    var_h[0] = 2.0  # twice the last one at t = 0, in layer 1 only
+    write_final(tmp_path / "run", torch.zeros(4, 3), var_h, layer=1)
+    rows = table_rows(population_statistics(monkeypatch, capsys, tmp_path / "run", "--layer", "1", "--out", tmp_path))
+    assert rows["var of recurrent term W_h h"][0] == 1.0
 
 
 def test_a_run_is_plotted_and_tabulated_for_its_max_length(tmp_path, monkeypatch, capsys):
