@@ -75,6 +75,12 @@ def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_column
     assert len(said) == 8 and said == evaluated
 
 
+def test_the_header_counts_the_images_of_a_last_batch_that_is_not_full(tmp_path, monkeypatch, capsys):
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
+    rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batch-size", "4", "--estimate-batches", "1")
+    assert "6 validation images in batches of 4," in rows[0]  # 4 + 2
+
+
 def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(tmp_path, monkeypatch, capfd):
     Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     best = torch.load(tmp_path / "best.pt", weights_only=True)

@@ -58,6 +58,11 @@ def test_the_table_gives_how_far_each_statistic_is_from_its_last_timestep_and_wh
     assert rows["mean of cell state c"][-1] == 0 and rows["var of cell state c"][-1] == 0
 
 
+def test_a_distance_equal_to_the_tolerance_counts_as_settled():
+    distance = torch.tensor([[0.2], [0.1], [0.0]], dtype=torch.float64)  # (T, units)
+    assert load_script("population_statistics").settled_from(distance, tolerance=0.1) == 1
+
+
 def test_the_table_gives_the_90th_percentile_over_units(tmp_path, monkeypatch, capsys):
     """Eleven units whose means are 0 to 10 standard deviations from their last ones at t = 0."""
     mean_h = torch.zeros(2, 11)
@@ -95,9 +100,10 @@ def one_line_error(monkeypatch, capsys, *args) -> str:
         (None, [], "final.pt does not exist: {run} is not a finished run"),
         ("lnlstm", [], "{run} holds a lnlstm model, which has no batch normalization"),
         ("bnlstm", ["--layer", "1"], "--layer 1: {run}'s model has layers 0 to 0"),
+        ("bnlstm", ["--layer", "-1"], "--layer -1: {run}'s model has layers 0 to 0"),
         ("bnlstm", ["--tolerance", "0"], "--tolerance must be positive, got 0.0"),
     ],
-    ids=["not-finished", "no-batch-norm", "no-such-layer", "zero-tolerance"],
+    ids=["not-finished", "no-batch-norm", "no-such-layer", "negative-layer", "zero-tolerance"],
 )
 def test_bad_runs_and_options_are_one_line_errors(tmp_path, monkeypatch, capsys, model, arguments, message):
     run = tmp_path / "run"
