@@ -146,6 +146,11 @@ def test_lengths_beyond_max_length_give_finite_bpc(trainers, monkeypatch, capsys
         assert len(bpc) == len(lengths) and all(math.isfinite(value) for value in bpc), row
 
 
+def test_a_length_of_the_whole_test_stream_is_measured(trainers, monkeypatch, capsys):
+    rows = table_rows(long_sequences(monkeypatch, capsys, trainers["lstm"].run_dir, "--lengths", 34))  # the streams' length
+    assert len(rows[("lstm", "-")]) == 1
+
+
 def test_writes_the_printed_table_and_a_figure(trainers, tmp_path, monkeypatch, capsys):
     lines = long_sequences(monkeypatch, capsys, *run_dirs(trainers), "--lengths", 8, 16, "--out", tmp_path)
     written = (tmp_path / "long_sequences.md").read_text()
@@ -182,7 +187,7 @@ def one_line_error(monkeypatch, capsys, *args) -> str:
     [
         (["{tmp}"], "final.pt does not exist"),
         (["{mnist}"], "is a seqmnist run; this script reads character-level language models"),
-        (["{lstm}", "--lengths", "35"], "--lengths 35 is longer than the test streams"),
+        (["{lstm}", "--lengths", "8", "35"], "--lengths 35 is longer than the test streams of {lstm} (34 characters at batch size 4)"),
         (["{lstm}", "--lengths", "8", "0"], "argument --lengths: must be a positive integer, got 0"),
         (["{lstm}", "--limit-batches", "0"], "argument --limit-batches: must be a positive integer, got 0"),
         (["{lstm}", "{tmp}/other/{name}"], "the RUN_DIRs' names label their rows and lines, and two are the same"),
@@ -192,7 +197,7 @@ def one_line_error(monkeypatch, capsys, *args) -> str:
 def test_bad_runs_and_options_are_one_line_errors(trainers, tmp_path, monkeypatch, capsys, arguments, message):
     lstm = trainers["lstm"].run_dir
     places = {"tmp": tmp_path, "mnist": write_final(tmp_path / "mnist", *TINY), "lstm": lstm, "name": lstm.name}
-    assert message in one_line_error(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
+    assert message.format(**places) in one_line_error(monkeypatch, capsys, *(argument.format(**places) for argument in arguments))
 
 
 @pytest.mark.parametrize(
