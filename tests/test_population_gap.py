@@ -75,6 +75,16 @@ def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_column
     assert len(said) == 8 and said == evaluated
 
 
+def test_every_row_evaluates_the_model_in_eval_mode(tmp_path, monkeypatch, capsys):
+    """No dropout and no h0 noise in any row (over 784 steps the noise is forgotten: the values
+    cannot show it)."""
+    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
+    script, modes = load_script("population_gap"), []
+    monkeypatch.setattr(script, "evaluate", lambda model, *_: modes.append(model.training) or {"accuracy": 0.0, "loss": 0.0})
+    run_script(monkeypatch, script, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    assert modes == [False] * 8
+
+
 def test_the_header_counts_the_images_of_a_last_batch_that_is_not_full(tmp_path, monkeypatch, capsys):
     Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batch-size", "4", "--estimate-batches", "1")
