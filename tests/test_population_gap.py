@@ -69,7 +69,7 @@ def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_column
         return {"accuracy": 0.0, "loss": 0.0}
 
     monkeypatch.setattr(script, "evaluate", evaluate)
-    run_script(monkeypatch, script, str(tmp_path), "--batches", "1")
+    run_script(monkeypatch, script, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
     rows = [row.split("|")[1:4] for row in capsys.readouterr().out.splitlines() if row.startswith(("| batch", "| population"))]
     said = [{kind for kind, cell in zip(script.NORMALIZATIONS, row) if cell.strip() == "batch"} for row in rows]
     assert len(said) == 8 and said == evaluated
