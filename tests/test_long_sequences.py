@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import use_tiny_data
 from omegaconf import OmegaConf
 from trainer_helpers import (
-    TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error, tiny_mnist, tiny_text,
+    TINY, TINY_TEXT, as_if_trained_on_a_gpu, compose_config, load_script, run_script, script_error, tiny_text,
 )
 
 import data
@@ -28,8 +29,7 @@ def trainers(tmp_path_factory):
     Shakespeare until the module's tests are done."""
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "shakespeare", tiny_text)
-        patch.setattr(data, "load_mnist", tiny_mnist)
+        use_tiny_data(patch)
         runs = {}
         for model in MODELS:
             cfg = compose_config(*TINY_TEXT, f"model={model}", "trainer.limit_eval_batches=null")

@@ -1,6 +1,7 @@
 """scripts/population_gap.py, in process on the trainer's tiny data (the ``tiny_data`` fixture)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,24 @@ def test_the_batch_size_changes_only_the_rows_with_batch_statistics(run_without_
     assert tables["2"][0] != tables["6"][0]
 
 
-def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_columns_say(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
+@pytest.fixture(scope="module")
+def trained_one_step(tmp_path_factory) -> Path:
+    """A BN-LSTM run that has saved best.pt at step 1, trained once for the tests that copy it."""
+    run = tmp_path_factory.mktemp("population_gap")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_tiny_data(monkeypatch)
+        Trainer(compose_config(*TINY, "trainer.max_steps=1"), run).fit()
+    return run
+
+
+@pytest.fixture
+def run_at_step_1(trained_one_step, tmp_path) -> Path:
+    """A copy of that run, which a test may change."""
+    shutil.copytree(trained_one_step, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_columns_say(run_at_step_1, monkeypatch, capsys):
     script, evaluated = load_script("population_gap"), []
 
     def evaluate(model, batches, with_batch_statistics):
@@ -69,42 +86,38 @@ def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_column
         return {"accuracy": 0.0, "loss": 0.0}
 
     monkeypatch.setattr(script, "evaluate", evaluate)
-    run_script(monkeypatch, script, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    run_script(monkeypatch, script, str(run_at_step_1), "--batches", "1", "--estimate-batches", "1")
     rows = [row.split("|")[1:4] for row in capsys.readouterr().out.splitlines() if row.startswith(("| batch", "| population"))]
     said = [{kind for kind, cell in zip(script.NORMALIZATIONS, row) if cell.strip() == "batch"} for row in rows]
     assert len(said) == 8 and said == evaluated
 
 
-def test_every_row_evaluates_the_model_in_eval_mode(tmp_path, monkeypatch, capsys):
+def test_every_row_evaluates_the_model_in_eval_mode(run_at_step_1, monkeypatch, capsys):
     """No dropout and no h0 noise in any row (over 784 steps the noise is forgotten: the values
     cannot show it)."""
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
     script, modes = load_script("population_gap"), []
     monkeypatch.setattr(script, "evaluate", lambda model, *_: modes.append(model.training) or {"accuracy": 0.0, "loss": 0.0})
-    run_script(monkeypatch, script, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    run_script(monkeypatch, script, str(run_at_step_1), "--batches", "1", "--estimate-batches", "1")
     assert modes == [False] * 8
 
 
-def test_the_header_counts_the_images_of_a_last_batch_that_is_not_full(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
-    rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batch-size", "4", "--estimate-batches", "1")
+def test_the_header_counts_the_images_of_a_last_batch_that_is_not_full(run_at_step_1, monkeypatch, capsys):
+    rows = population_gap(monkeypatch, capsys, str(run_at_step_1), "--batch-size", "4", "--estimate-batches", "1")
     assert "6 validation images in batches of 4," in rows[0]  # 4 + 2
 
 
-def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(tmp_path, monkeypatch, capfd):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
-    best = torch.load(tmp_path / "best.pt", weights_only=True)
+def test_a_run_trained_compiled_is_analysed_without_recompiling_for_each_combination(run_at_step_1, monkeypatch, capfd):
+    best = torch.load(run_at_step_1 / "best.pt", weights_only=True)
     best["config"]["model"]["compile"] = True  # as the BN-LSTM MNIST runs on CPU train
-    torch.save(best, tmp_path / "best.pt")
-    run_script(monkeypatch, load_script("population_gap"), str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    torch.save(best, run_at_step_1 / "best.pt")
+    run_script(monkeypatch, load_script("population_gap"), str(run_at_step_1), "--batches", "1", "--estimate-batches", "1")
     assert "recompile" not in capfd.readouterr().err
 
 
-def test_a_run_trained_with_the_kernels_on_a_gpu_is_analysed_with_the_eager_loop_here(tmp_path, monkeypatch, capsys):
-    Trainer(compose_config(*TINY, "trainer.max_steps=1"), tmp_path).fit()
-    as_if_trained_on_a_gpu(tmp_path / "best.pt")
+def test_a_run_trained_with_the_kernels_on_a_gpu_is_analysed_with_the_eager_loop_here(run_at_step_1, monkeypatch, capsys):
+    as_if_trained_on_a_gpu(run_at_step_1 / "best.pt")
     monkeypatch.setattr(rbn.kernels, "interpreted", lambda: False)  # as outside the tests: no kernels on a CPU
-    rows = population_gap(monkeypatch, capsys, str(tmp_path), "--batches", "1", "--estimate-batches", "1")
+    rows = population_gap(monkeypatch, capsys, str(run_at_step_1), "--batches", "1", "--estimate-batches", "1")
     assert len([row for row in rows if row.startswith("| batch") or row.startswith("| population")]) == 8
 
 
