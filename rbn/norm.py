@@ -13,7 +13,9 @@ class SequenceBatchNorm(_BatchNorm):
 
     The paper's §3 definition, applied at every timestep t of a sequence with statistics of that
     timestep (averaging them over time "severely degrades performance"), while gamma and beta
-    are shared over time. Timesteps t >= max_length use the statistics of max_length - 1.
+    are shared over time. Timesteps t >= max_length use the statistics of max_length - 1, and in
+    eval, as the paper asks for t > T_max, timesteps that training never reached (beyond the
+    longest sequence with two valid rows it saw) use those of the last one it reached.
 
     Population statistics follow ``_BatchNorm``: ``running_mean`` and ``running_var`` (one row
     per timestep, shape ``(max_length, C)``) are updated in training mode with ``momentum``,
@@ -62,8 +64,16 @@ class SequenceBatchNorm(_BatchNorm):
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
+        # Rows 0 .. rows_reached - 1 hold every row that training estimated: a host-side count,
+        # so that eval finds the last one without reading num_batches_tracked off the device.
+        self.rows_reached = 0
         if hasattr(self, "batch_mean"):  # _NormBase.__init__ calls this before the scratch rows exist
             self.start_sequence()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        tracked = self.num_batches_tracked.nonzero()
+        self.rows_reached = int(tracked.max()) + 1 if len(tracked) else 0
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -183,7 +193,7 @@ class SequenceBatchNorm(_BatchNorm):
             if t < self.max_length:
                 return F.batch_norm(x, self.batch_mean[t], self.batch_var[t], self.gamma, beta, True, 1.0, self.eps)
             return F.batch_norm(x, None, None, self.gamma, beta, True, 0.0, self.eps)
-        t = min(t, self.max_length - 1)
+        t = min(t, self._last_population_row())
         mean, var = self.running_mean[t], self.running_var[t]
         if self.training:
             # A single sequence, beyond max_length: its row may be one that this training
@@ -220,7 +230,13 @@ class SequenceBatchNorm(_BatchNorm):
         return slice(first_step, max(first_step, min(first_step + steps, self.max_length)))
 
     def _rows(self, timesteps: range, device: torch.device) -> Tensor:
-        return torch.arange(timesteps.start, timesteps.stop, device=device).clamp(max=self.max_length - 1)
+        """The rows of population statistics that ``timesteps`` read."""
+        return torch.arange(timesteps.start, timesteps.stop, device=device).clamp(max=self._last_population_row())
+
+    def _last_population_row(self) -> int:
+        """The row that later timesteps read: the last one training reached, or, before any
+        training, max_length - 1."""
+        return self.rows_reached - 1 if self.rows_reached else self.max_length - 1
 
     @torch.no_grad()
     def _accumulate(self, mean: Tensor, var: Tensor, first_step: int) -> None:
@@ -231,6 +247,7 @@ class SequenceBatchNorm(_BatchNorm):
         if tracked == 0:
             return
         mean, var = mean[:tracked], var[:tracked]
+        self.rows_reached = max(self.rows_reached, rows.stop)
         count = self.num_batches_tracked[rows]
         count += 1
         if self.momentum is None:  # cumulative average, as update_bn asks for

@@ -292,6 +292,52 @@ def test_eval_beyond_max_length_reuses_the_last_timestep_statistics():
     torch.testing.assert_close(short.eval()(x)[0], long.eval()(x)[0])
 
 
+def test_eval_reads_timesteps_that_training_never_reached_from_the_last_one_it_reached(input_normalization):
+    short, long = make("BNLSTM", max_length=3), make("BNLSTM", max_length=8)
+    weights = {k: v for k, v in short.state_dict().items() if "running" not in k and "tracked" not in k}
+    long.load_state_dict(weights, strict=False)
+    batch = drifting_batch(steps=3, batch=16)
+    short.train()(batch)
+    long.train()(batch)
+    x = torch.randn(8, 4, 3)
+    torch.testing.assert_close(long.eval()(x)[0], short.eval()(x)[0])
+
+
+def test_a_loaded_state_dict_brings_the_timesteps_that_training_reached():
+    trained = make("BNLSTM", max_length=8)
+    trained(drifting_batch(steps=3, batch=16))
+    loaded = make("BNLSTM", max_length=8)
+    loaded.load_state_dict(trained.state_dict())
+    x = torch.randn(8, 4, 3)
+    torch.testing.assert_close(loaded.eval()(x)[0], trained.eval()(x)[0])
+
+
+def test_padded_training_reaches_only_timesteps_with_two_or_more_sequences():
+    norm = rbn.SequenceBatchNorm(2, max_length=6)
+    norm(torch.randn(5, 3, 2), batch_sizes=[3, 2, 2, 1, 1])
+    mean, var = norm.population_statistics(6, torch.device("cpu"))
+    torch.testing.assert_close(mean, norm.running_mean[[0, 1, 2, 2, 2, 2]])
+    torch.testing.assert_close(var, norm.running_var[[0, 1, 2, 2, 2, 2]])
+
+
+def test_a_pass_after_reset_running_stats_reaches_only_its_own_timesteps():
+    norm = rbn.SequenceBatchNorm(2, max_length=6)
+    norm(torch.randn(6, 4, 2))
+    norm.reset_running_stats()
+    norm(torch.randn(3, 4, 2) + 5)
+    mean, _ = norm.population_statistics(6, torch.device("cpu"))
+    torch.testing.assert_close(mean, norm.running_mean[[0, 1, 2, 2, 2, 2]])
+
+
+def test_before_any_training_each_timestep_reads_its_own_row():
+    norm = rbn.SequenceBatchNorm(2, max_length=6).eval()
+    norm.running_mean.copy_(torch.arange(6.0)[:, None].expand(6, 2))
+    x = torch.zeros(6, 3, 2)
+    expected = -torch.arange(6.0)[:, None, None] * norm.gamma / (1 + norm.eps) ** 0.5
+    torch.testing.assert_close(norm(x), expected.expand(6, 3, 2))
+    torch.testing.assert_close(torch.stack([norm.step(x_t, t) for t, x_t in enumerate(x)]), expected.expand(6, 3, 2))
+
+
 def test_shared_input_statistics_keep_a_single_row():
     model = make("BNLSTM", input_stats="shared")
     assert model.bn_x_l0.running_mean.shape == (1, 16)
