@@ -146,13 +146,22 @@ def gradient_flow(monkeypatch, *args: str) -> None:
     run_script(monkeypatch, load_script("gradient_flow"), *args)
 
 
+MNIST_PIXELS = 28 * 28  # what the script pools; conftest's tiny images are smaller by default
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+    """conftest's tiny data, with images of MNIST's size."""
+    use_tiny_data(monkeypatch, pixels=MNIST_PIXELS)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """One run of the script on tiny data (as the ``tiny_data`` fixture), for the tests that
     read what it wrote: flow.png and flow.csv."""
     directory = tmp_path_factory.mktemp("gradient_flow")
     with pytest.MonkeyPatch.context() as patch:
-        use_tiny_data(patch)
+        use_tiny_data(patch, pixels=MNIST_PIXELS)
         args = ["--gammas", "0.1,1", "--png", str(directory / "flow.png"), "--csv", str(directory / "flow.csv")]
         gradient_flow(patch, *TINY_RUN, *args)
     return directory

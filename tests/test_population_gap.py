@@ -93,8 +93,8 @@ def test_each_row_uses_batch_statistics_in_exactly_the_normalizations_its_column
 
 
 def test_every_row_evaluates_the_model_in_eval_mode(run_at_step_1, monkeypatch, capsys):
-    """No dropout and no h0 noise in any row (over 784 steps the noise is forgotten: the values
-    cannot show it)."""
+    """No dropout and no h0 noise in any row (over a sequence's steps the noise is
+    forgotten: the values cannot show it)."""
     script, modes = load_script("population_gap"), []
     monkeypatch.setattr(script, "evaluate", lambda model, *_: modes.append(model.training) or {"accuracy": 0.0, "loss": 0.0})
     run_script(monkeypatch, script, str(run_at_step_1), "--batches", "1", "--estimate-batches", "1")

@@ -23,6 +23,7 @@ from trainer_helpers import (
     CONF,
     GRADIENT_FLOW,
     TINY,
+    TINY_PIXELS,
     TINY_TEXT,
     compose_config,
     diverged_run,
@@ -894,7 +895,7 @@ def test_population_statistics_average_every_training_batch(tmp_path):
     assert len(batch_statistics) == 3  # 12 images / 4
     for name, norm in trainer.model.named_modules():
         if isinstance(norm, rbn.SequenceBatchNorm):
-            assert norm.num_batches_tracked.tolist() == [3] * 784
+            assert norm.num_batches_tracked.tolist() == [3] * TINY_PIXELS
             mean, var = (torch.stack([batch[name][k] for batch in batch_statistics]).mean(0) for k in (0, 1))
             torch.testing.assert_close(norm.running_mean, mean, msg=name)
             torch.testing.assert_close(norm.running_var, var, msg=name)
@@ -1000,7 +1001,7 @@ def test_pmnist_keeps_the_permutation_its_checkpoint_saved(tmp_path, monkeypatch
     stopped_run(cfg, tmp_path, monkeypatch, 1)
     saved = load(tmp_path / "last.pt")["permutation"]
     assert torch.equal(saved, data.permutation(0))
-    monkeypatch.setattr(data, "permutation", lambda seed: torch.arange(784))  # as if randperm changed
+    monkeypatch.setattr(data, "permutation", lambda seed: torch.arange(TINY_PIXELS))  # as if randperm changed
     assert torch.equal(Trainer(cfg, tmp_path).dataset.permutation, saved)
 
 

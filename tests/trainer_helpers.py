@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import data.mnist
 import rbn.config  # noqa: F401  (registers the schemas)
 from data.text import build_corpus
 from rbn.trainer import Trainer
@@ -31,11 +32,14 @@ def compose_config(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+TINY_PIXELS = 49  # conftest.use_tiny_data's images by default, 7 x 7
+
+
 def tiny_mnist(root, source, download):
     generator = torch.Generator().manual_seed(0)
     sizes = {"train": 12, "valid": 6, "test": 6}
     return {
-        split: (torch.randint(256, (n, 784), generator=generator, dtype=torch.uint8), torch.randint(10, (n,), generator=generator))
+        split: (torch.randint(256, (n, data.mnist.PIXELS), generator=generator, dtype=torch.uint8), torch.randint(10, (n,), generator=generator))
         for split, n in sizes.items()
     }
 
