@@ -76,9 +76,9 @@ def assert_same(fused: dict, eager: dict) -> None:
         torch.testing.assert_close(fused[name], expected, rtol=1e-4, atol=1e-5 * scale, msg=lambda m: f"{name}: {m}")
 
 
-def inputs(num_directions: int = 1, num_layers: int = 1) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+def inputs(num_directions: int = 1, num_layers: int = 1, steps: int = T) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     shape = (num_layers * num_directions, B, H)
-    return torch.randn(T, B, I, device=DEVICE), (torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE))
+    return torch.randn(steps, B, I, device=DEVICE), (torch.randn(shape, device=DEVICE), torch.randn(shape, device=DEVICE))
 
 
 @NEEDS_KERNELS
@@ -168,9 +168,10 @@ def test_ln_lstm_kernels_compute_the_eager_cell():
 @pytest.mark.parametrize("layer_name", NORMALIZED)
 def test_kernels_run_every_layer_and_direction_of_a_stack(layer_name):
     """Two bidirectional layers with dropout and h_0 noise between the kernel calls: the
-    stack draws the same random numbers around either backend."""
+    stack draws the same random numbers around either backend. Three steps: the steps' paths
+    are the single layer's tests' (the interpreter's time grows with steps x layers x directions)."""
     eager, fused = pair(layer_name, num_layers=2, bidirectional=True, dropout=0.3, h0_noise_std=0.1)
-    x, hx = inputs(num_directions=2, num_layers=2)
+    x, hx = inputs(num_directions=2, num_layers=2, steps=3)
     results = []
     for model in (eager, fused):
         torch.manual_seed(0)
