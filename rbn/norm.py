@@ -247,7 +247,9 @@ class SequenceBatchNorm(_BatchNorm):
         if tracked == 0:
             return
         mean, var = mean[:tracked], var[:tracked]
-        self.rows_reached = max(self.rows_reached, rows.stop)
+        # Set, not read, where a sequence reaches every row (as in training on whole sequences of
+        # max_length): torch.compile would otherwise guard on the count and recompile as it grew.
+        self.rows_reached = self.max_length if rows.stop == self.max_length else max(self.rows_reached, rows.stop)
         count = self.num_batches_tracked[rows]
         count += 1
         if self.momentum is None:  # cumulative average, as update_bn asks for

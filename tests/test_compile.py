@@ -78,3 +78,16 @@ def test_torch_compile_of_the_whole_layer_trains_as_the_layer_does(layer_name, m
     torch.testing.assert_close(output, expected)
     for (name, p), expected_gradient in zip(model.named_parameters(), gradients):
         torch.testing.assert_close(p.grad, expected_gradient, msg=name)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_whole_bn_lstm_compiles_once_for_the_sequence_length_it_trains_on():
+    """Its statistics count the rows that training reached; a count read in training would be
+    a guard, and the model compiled again after the first batch."""
+    torch._dynamo.reset()
+    counters.clear()
+    model = make("BNLSTM", max_length=4)
+    compiled = torch.compile(model, backend="aot_eager")
+    for _ in range(3):
+        compiled(torch.randn(4, 5, 3))[0].sum().backward()
+    assert counters["frames"]["ok"] == 1
