@@ -80,7 +80,6 @@ def main() -> None:
     if not any(norms.values()):
         parser.error(f"{args.run_dir} holds a {cfg.model.name} model, which has no batch normalization")
 
-    torch.manual_seed(cfg.seed)  # the h0 noise, if any, during the estimate
     update_population_statistics(model, dataset, cfg, args.estimate_batches)
     model.eval()
     batch_size = args.batch_size or cfg.trainer.batch_size
