@@ -13,9 +13,10 @@ class SequenceBatchNorm(_BatchNorm):
 
     The paper's §3 definition, applied at every timestep t of a sequence with statistics of that
     timestep (averaging them over time "severely degrades performance"), while gamma and beta
-    are shared over time. Timesteps t >= max_length use the statistics of max_length - 1, and in
-    eval, as the paper asks for t > T_max, timesteps that training never reached (beyond the
-    longest sequence with two valid rows it saw) use those of the last one it reached.
+    are shared over time. Timesteps t >= max_length use the statistics of max_length - 1, and,
+    as the paper asks for t > T_max, where population statistics are read (eval, and a
+    training step with fewer than two sequences) timesteps that training never reached (beyond
+    the longest sequence with two valid rows it saw) read those of the last one it reached.
 
     Population statistics follow ``_BatchNorm``: ``running_mean`` and ``running_var`` (one row
     per timestep, shape ``(max_length, C)``) are updated in training mode with ``momentum``,
